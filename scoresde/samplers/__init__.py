@@ -1,0 +1,57 @@
+"""Samplers: interchangeable solvers of the reverse-time SDE and the probability-flow ODE.
+
+Every sampler is a class with a :meth:`~scoresde.samplers.Sampler.run` method and a name in
+:data:`SAMPLERS`, a plain ``name -> class`` table; :func:`scoresde.sample` accepts either.
+"""
+
+from .base import GRIDS, NonFiniteError, Sampler, SampleResult, sample, time_grid, tweedie_denoise
+from .discrete import DDIM, DDPM, EpsilonScore
+from .ode import EulerODE, Heun
+from .pc import AnnealedLangevin, LangevinCorrector, PredictorCorrector, ReverseDiffusion
+from .scipy_ode import ProbabilityFlowODE
+from .sde_solvers import EulerMaruyama
+from .torchsde_backend import TorchSDE
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    "euler_maruyama": EulerMaruyama,
+    "euler_ode": EulerODE,
+    "heun": Heun,
+    "reverse_diffusion": ReverseDiffusion,
+    "langevin": LangevinCorrector,
+    "pc": PredictorCorrector,
+    "annealed_langevin": AnnealedLangevin,
+    "ddpm": DDPM,
+    "ddim": DDIM,
+    "ode": ProbabilityFlowODE,
+    "torchsde": TorchSDE,
+}
+
+
+def names() -> list[str]:
+    """Every registered sampler name, sorted."""
+    return sorted(SAMPLERS)
+
+
+__all__ = [
+    "SAMPLERS",
+    "names",
+    "sample",
+    "time_grid",
+    "tweedie_denoise",
+    "GRIDS",
+    "Sampler",
+    "SampleResult",
+    "NonFiniteError",
+    "EulerMaruyama",
+    "EulerODE",
+    "Heun",
+    "ReverseDiffusion",
+    "LangevinCorrector",
+    "AnnealedLangevin",
+    "PredictorCorrector",
+    "DDPM",
+    "DDIM",
+    "EpsilonScore",
+    "ProbabilityFlowODE",
+    "TorchSDE",
+]

@@ -1,0 +1,355 @@
+r"""The sampler protocol, time grids and the :func:`sample` driver.
+
+A sampler is an object with a ``run`` method that integrates from the first to the last time
+of a *given* grid (k-diffusion style: the grid is built outside and passed in),
+
+.. code-block:: python
+
+    x0 = sampler.run(sde, score_fn, x_T, times, generator=g, callback=cb)
+
+where ``times`` is a decreasing 1-D tensor from ``T`` to the end time, ``score_fn(x, t)``
+is any score estimate, and ``callback(step, t, x)`` must be called after each step.
+The driver :func:`sample` builds the prior draw and the grid, counts score evaluations,
+stops on non-finite states, records trajectories, shows progress and applies the optional
+final Tweedie denoising step, identically for every sampler.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import as_time, bcast, check_int, check_positive, check_shape, check_tensor
+from ..sde import SDE
+
+__all__ = ["Sampler", "SampleResult", "sample", "time_grid", "tweedie_denoise", "GRIDS", "NonFiniteError"]
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[int, float, torch.Tensor], None]
+
+GRIDS = ("uniform", "quadratic", "log_snr", "edm")
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised when a sampler produces NaN or inf; the message names the step and time."""
+
+
+@dataclass
+class SampleResult:
+    """What :func:`sample` returns.
+
+    Attributes
+    ----------
+    samples : Tensor
+        Final states, shape ``(batch, *event_shape)``.
+    nfe : int
+        Number of score evaluations actually made (one batched call counts once).
+    trajectory : Tensor or None
+        States after each step, shape ``(n_states, batch, *event_shape)``, the prior draw first
+        (only with ``trajectory=True``).
+    times : Tensor or None
+        The time of each trajectory entry.
+    """
+
+    samples: torch.Tensor
+    nfe: int
+    trajectory: torch.Tensor | None = None
+    times: torch.Tensor | None = None
+
+
+class Sampler(abc.ABC):
+    """Base class of all samplers: one update rule, driven over a decreasing time grid.
+
+    Subclasses set ``name`` and implement :meth:`run`. ``stochastic`` says whether ``run``
+    draws noise (and so consumes the generator).
+    """
+
+    name: str = ""
+    stochastic: bool = True
+
+    def grid(self, sde: SDE, steps: int, eps: float, kind: str) -> torch.Tensor:
+        """The time grid this sampler integrates over; most use :func:`time_grid` unchanged."""
+        return time_grid(sde, steps, eps=eps, kind=kind)
+
+    @abc.abstractmethod
+    def run(
+        self,
+        sde: SDE,
+        score_fn: ScoreFn,
+        x: torch.Tensor,
+        times: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
+        """Integrate from ``times[0]`` to ``times[-1]`` and return the final state."""
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({opts})"
+
+
+def time_grid(sde: SDE, steps: int, eps: float = 1e-3, kind: str = "uniform", rho: float = 7.0) -> torch.Tensor:
+    r"""A decreasing float64 grid of ``steps + 1`` times from ``T`` down to ``eps``.
+
+    Parameters
+    ----------
+    sde : SDE
+    steps : int
+        Number of intervals (>= 1).
+    eps : float
+        End time in ``(0, T)``. Samplers stop there rather than at 0, where the score of
+        data on a low-dimensional set is singular (Song et al. 2021 use 1e-3 for sampling).
+    kind : {"uniform", "quadratic", "log_snr", "edm"}
+        ``uniform`` — equal steps in ``t``; ``quadratic`` — :math:`t_i = \epsilon + (T-\epsilon)(1-i/N)^2`,
+        dense near the data (DDIM's quadratic spacing); ``log_snr`` — equal steps in
+        :math:`\lambda = \log(s/\sigma)` (DPM-Solver); ``edm`` — Karras et al. (2022) spacing
+        :math:`\sigma_i^{1/\rho}` uniform in the noise-to-signal ratio :math:`\sigma/s = e^{-\lambda}`.
+        The last two need a :class:`~scoresde.LinearSDE`.
+    rho : float
+        Exponent of the ``edm`` grid (7 in the paper).
+
+    Examples
+    --------
+    >>> import scoresde as sd
+    >>> sd.samplers.time_grid(sd.VPSDE(), 4, eps=0.2)
+    tensor([1.0000, 0.8000, 0.6000, 0.4000, 0.2000], dtype=torch.float64)
+    """
+    steps = check_int("steps", steps)
+    eps = check_positive("eps", eps)
+    if eps >= sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps}")
+    if kind not in GRIDS:
+        raise ValueError(f"kind must be one of {GRIDS}, got {kind!r}")
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)  # 0 at T, 1 at eps
+    if kind == "uniform":
+        times = sde.T + (eps - sde.T) * u
+    elif kind == "quadratic":
+        times = eps + (sde.T - eps) * (1.0 - u) ** 2
+    else:
+        if not hasattr(sde, "log_snr"):
+            raise TypeError(f"the {kind!r} grid needs a LinearSDE (with log_snr), got {type(sde).__name__}")
+        ends = torch.tensor([sde.T, eps], dtype=torch.float64)
+        lam_T, lam_eps = sde.log_snr(ends).tolist()
+        if kind == "log_snr":
+            lam = lam_T + (lam_eps - lam_T) * u
+        else:
+            rho = check_positive("rho", rho)
+            hi, lo = math.exp(-lam_T / rho), math.exp(-lam_eps / rho)  # (σ/s)^{1/ρ}
+            lam = -rho * torch.log(hi + (lo - hi) * u)
+        times = sde.t_from_log_snr(lam)
+    times[0], times[-1] = sde.T, eps
+    return times
+
+
+def time_vector(t: float, x: torch.Tensor) -> torch.Tensor:
+    """``t`` as a ``(batch,)`` tensor with the dtype and device of ``x`` (for calling ``score_fn``)."""
+    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+
+
+def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator`` on its device."""
+    if generator is None:
+        return torch.randn_like(x)
+    z = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+    return z.to(x.device)
+
+
+class _CountingScore:
+    """Wraps a score function: counts calls, checks shapes and stops on non-finite values.
+
+    ``step`` is kept current by the driver so that an error can name the step it happened in.
+    """
+
+    def __init__(self, score_fn: ScoreFn, label: str):
+        self.score_fn = score_fn
+        self.label = label
+        self.calls = 0
+        self.step = 0
+
+    def _non_finite(self, what: str, t) -> NonFiniteError:
+        t0 = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+        return NonFiniteError(
+            f"{self.label}: non-finite {what} at step {self.step} (t={t0:.6g}); try more steps, "
+            "a smaller step size, or check score_fn"
+        )
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        if not bool(torch.isfinite(x).all()):
+            raise self._non_finite("state", t)
+        self.calls += 1
+        out = self.score_fn(x, t)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+        if not bool(torch.isfinite(out).all()):
+            raise self._non_finite("score", t)
+        return out
+
+
+def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, t: float) -> torch.Tensor:
+    r"""Tweedie's posterior mean :math:`\mathbb E[x_0 \mid x_t] = (x + \sigma(t)^2 \nabla\log p_t(x)) / s(t)`.
+
+    (Efron 2011; THEORY §5.) One score evaluation.
+    """
+    tt = as_time(t, x.shape[0], sde.T, like=x)
+    ones = torch.ones_like(x)
+    mean, std = sde.marginal(ones, tt)  # mean = s(t) · 1
+    return (x + bcast(std**2, x) * score_fn(x, tt)) / mean
+
+
+def resolve(sampler, options: dict) -> Sampler:
+    """A sampler object from a name in the table (with ``options``) or an instance."""
+    from . import SAMPLERS, names
+
+    if isinstance(sampler, Sampler):
+        if options:
+            raise TypeError(
+                f"options {sorted(options)} are only accepted with a sampler name; set them on "
+                f"the {type(sampler).__name__} object instead"
+            )
+        return sampler
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(names())}")
+        return SAMPLERS[sampler](**options)
+    raise TypeError(f"sampler must be a name or a Sampler instance, got {type(sampler).__name__}")
+
+
+def sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    shape,
+    sampler: str | Sampler = "euler_maruyama",
+    steps: int = 500,
+    generator: torch.Generator | None = None,
+    *,
+    eps: float = 1e-3,
+    grid: str = "uniform",
+    denoise: bool = False,
+    trajectory: bool = False,
+    callback: Callback | None = None,
+    progress: bool = False,
+    x_init: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **options,
+) -> SampleResult:
+    r"""Draw samples by integrating a reverse-time process from the prior at ``T`` to ``eps``.
+
+    Parameters
+    ----------
+    sde : SDE
+        The forward process whose reverse is integrated.
+    score_fn : callable
+        ``score_fn(x, t) -> tensor like x`` estimating :math:`\nabla_x\log p_t(x)`; ``t`` is a
+        ``(batch,)`` tensor.
+    shape : tuple of int
+        ``(batch, *event_shape)``.
+    sampler : str or Sampler
+        A name from :func:`scoresde.samplers.names` (``options`` go to its constructor) or a
+        sampler object.
+    steps : int
+        Number of grid intervals (adaptive samplers interpret it as documented on their class).
+    generator : torch.Generator, optional
+        Source of all randomness: the prior draw and the sampler's noise. The same seed gives
+        the same samples whatever ran before.
+    eps : float
+        End time (default ``1e-3``); see :func:`time_grid`.
+    grid : {"uniform", "quadratic", "log_snr", "edm"}
+        Spacing of the time grid.
+    denoise : bool
+        Finish with one Tweedie step :math:`x \leftarrow (x + \sigma^2 \nabla\log p_\epsilon(x))/s`
+        at ``eps`` (one more score evaluation). It removes the residual noise of scale
+        :math:`\sigma(\epsilon)` at the price of a bias of the same order in the covariance.
+    trajectory : bool
+        Keep the state after every step.
+    callback : callable, optional
+        ``callback(step, t, x)`` after each step.
+    progress : bool
+        Show a tqdm progress bar.
+    x_init : Tensor, optional
+        Start here instead of a prior draw (shape must equal ``shape``).
+    device, dtype : optional
+        Of the prior draw (default: the generator's device, the default dtype).
+
+    Returns
+    -------
+    SampleResult
+        ``samples``, ``nfe`` and, with ``trajectory=True``, ``trajectory`` and ``times``.
+
+    Raises
+    ------
+    NonFiniteError
+        If any state becomes NaN or inf; the message names the step and time.
+
+    Examples
+    --------
+    >>> import torch, scoresde as sd
+    >>> sde = sd.VPSDE()
+    >>> target = sd.Gaussian(torch.zeros(2), torch.eye(2))
+    >>> out = sd.sample(sde, target.score_fn(sde), (512, 2), sampler="euler_maruyama",
+    ...                 steps=100, generator=torch.Generator().manual_seed(0))
+    >>> out.samples.shape, out.nfe
+    (torch.Size([512, 2]), 100)
+    """
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an SDE, got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError("score_fn must be callable as score_fn(x, t)")
+    shape = check_shape("shape", shape)
+    steps = check_int("steps", steps)
+    solver = resolve(sampler, options)
+    times = solver.grid(sde, steps, eps, grid)
+
+    if x_init is None:
+        x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+    else:
+        check_tensor("x_init", x_init)
+        if tuple(x_init.shape) != shape:
+            raise ValueError(f"x_init must have shape {shape}, got {tuple(x_init.shape)}")
+        x = x_init.clone()
+
+    label = solver.name or type(solver).__name__
+    counted = _CountingScore(score_fn, label)
+    states = [x.detach().clone()] if trajectory else None
+    state_times = [float(times[0])] if trajectory else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(times) - 1, desc=label, leave=False)
+
+    def step_hook(step: int, t: float, x_now: torch.Tensor) -> None:
+        counted.step = step
+        if not bool(torch.isfinite(x_now).all()):
+            raise counted._non_finite("state", t)
+        counted.step = step + 1
+        if states is not None:
+            states.append(x_now.detach().clone())
+            state_times.append(float(t))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(t=f"{float(t):.4f}", nfe=counted.calls)
+        if callback is not None:
+            callback(step, t, x_now)
+
+    try:
+        with torch.no_grad():
+            x = solver.run(sde, counted, x, times.to(x.device), generator=generator, callback=step_hook)
+            if denoise:
+                x = tweedie_denoise(sde, counted, x, float(times[-1]))
+                step_hook(len(times), float(times[-1]), x)
+    finally:
+        if bar is not None:
+            bar.close()
+    return SampleResult(
+        samples=x,
+        nfe=counted.calls,
+        trajectory=torch.stack(states) if states is not None else None,
+        times=torch.tensor(state_times, dtype=torch.float64) if states is not None else None,
+    )

@@ -1,0 +1,157 @@
+r"""Adaptive solution of the probability-flow ODE with :func:`scipy.integrate.solve_ivp`.
+
+.. math:: \frac{\mathrm dx}{\mathrm dt} = f(x, t) - \tfrac12 g(t)^2 \nabla_x\log p_t(x),
+
+integrated from ``T`` down to the end time by an error-controlled Runge–Kutta, Radau, BDF or
+LSODA solver, as in the likelihood and sampling code of Song et al. (2021, §4.3, which used
+``RK45`` at ``rtol = atol = 1e-5``). Deterministic given the prior draw.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._checks import check_positive
+from .base import NonFiniteError, Sampler, time_vector
+
+__all__ = ["ProbabilityFlowODE"]
+
+METHODS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
+_IMPLICIT = ("Radau", "BDF")
+
+
+class ProbabilityFlowODE(Sampler):
+    r"""The probability-flow ODE solved to a tolerance by :func:`scipy.integrate.solve_ivp`.
+
+    .. math:: x_{\epsilon} = x_T - \int_{\epsilon}^{T} \big[f(x_t, t) - \tfrac12 g(t)^2
+              \nabla_x\log p_t(x_t)\big]\,\mathrm dt,
+
+    (Song et al. 2021, eq. 13 and §4.3), solved from ``T`` down to ``eps`` with adaptive steps
+    whose local error is kept below ``atol + rtol·|x|`` per coordinate. The order is the
+    method's: ``RK23`` 3(2), ``RK45`` 5(4) (Dormand–Prince, the default), ``DOP853`` 8(5,3),
+    ``Radau`` 5 (implicit), ``BDF`` 1–5 (implicit, variable order) and ``LSODA`` (switches
+    between Adams and BDF on stiffness detection).
+
+    The whole batch is flattened into one system whose state is kept in **float64** NumPy
+    arrays; every right-hand-side call converts the state once to the dtype and device of the
+    prior draw and makes exactly one (batched) score evaluation, whose result is converted
+    back once. Samples are independent, so the Jacobian of the system is block diagonal with
+    dense ``d × d`` blocks: ``Radau`` and ``BDF`` receive that sparsity pattern and ``LSODA``
+    the band width ``d - 1``, so a finite-difference Jacobian costs about ``d`` score calls
+    rather than ``batch · d``.
+
+    Parameters
+    ----------
+    method : {"RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"}
+        The :func:`~scipy.integrate.solve_ivp` method (default ``"RK45"``).
+    rtol, atol : float
+        Relative and absolute tolerances (> 0), default ``1e-5`` each, as Song et al.
+
+    Notes
+    -----
+    - ``steps`` (and the grid) given to :func:`scoresde.sample` do **not** set the step size:
+      the solver chooses its own steps. They only set the output times at which the dense
+      solution is evaluated (``t_eval``) and handed to ``callback`` and to the trajectory;
+      ``steps=1`` keeps nothing but the end point (the dense outputs are held in memory,
+      ``(steps + 1) · batch · d`` float64 numbers, until the solve finishes, and the callback
+      sees them after it has finished).
+    - The NFE reported by :func:`scoresde.sample` counts every score call: it equals scipy's
+      ``nfev`` for the explicit methods, plus the finite-difference Jacobian evaluations for
+      ``Radau`` and ``BDF`` (``d`` per Jacobian, up to ``2d`` when scipy refines a column);
+      LSODA's ``nfev`` already includes its Jacobian evaluations. It grows as the tolerances
+      shrink and with the stiffness of the score near ``t = 0`` (tight modes).
+    - A non-finite drift stops the solve at once with :class:`~scoresde.samplers.NonFiniteError`
+      naming the time; a solve that fails (e.g. the step size underflows) raises
+      ``RuntimeError`` with scipy's message.
+
+    References
+    ----------
+    Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), *Score-based generative modeling
+    through stochastic differential equations*, ICLR. Dormand & Prince (1980), *A family of
+    embedded Runge–Kutta formulae*, J. Comput. Appl. Math. 6(1). Hairer & Wanner (1996),
+    *Solving Ordinary Differential Equations II* (Radau IIA, BDF).
+
+    Examples
+    --------
+    >>> import torch, scoresde as sd
+    >>> sde = sd.VPSDE()
+    >>> target = sd.Gaussian(torch.zeros(2), torch.eye(2))
+    >>> out = sd.sample(sde, target.score_fn(sde), (256, 2), sampler="ode", steps=1,
+    ...                 generator=torch.Generator().manual_seed(0))
+    >>> out.samples.shape, out.nfe > 10
+    (torch.Size([256, 2]), True)
+    """
+
+    name = "ode"
+    stochastic = False
+
+    def __init__(self, method: str = "RK45", rtol: float = 1e-5, atol: float = 1e-5):
+        if not isinstance(method, str) or method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.method = method
+        self.rtol = check_positive("rtol", rtol)
+        self.atol = check_positive("atol", atol)
+
+    def _structure(self, batch: int, d: int) -> dict:
+        """Jacobian structure of the flattened batch: ``batch`` independent dense d×d blocks."""
+        if self.method in _IMPLICIT:
+            from scipy import sparse
+
+            # == sparse.block_diag([ones((d, d))] * batch), built ~50x faster for large batches
+            ones = np.ones((d, d), dtype=np.int8)
+            pattern = sparse.kron(sparse.identity(batch, format="csr"), ones, format="csc")
+            return {"jac_sparsity": pattern}
+        if self.method == "LSODA":
+            return {"lband": d - 1, "uband": d - 1}
+        return {}
+
+    def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
+        from scipy.integrate import solve_ivp
+
+        flow = sde.probability_flow(score_fn)
+        shape, dtype, device = x.shape, x.dtype, x.device
+        batch, d = shape[0], x[0].numel()
+        ts = times.detach().to("cpu", torch.float64).numpy()
+        # the (batch,) time tensor is reused while the solver stays at one time (finite-difference
+        # Jacobian columns) and never written in place, so score_fn may keep a reference to it
+        last: dict = {"t": None, "tv": None}
+
+        def rhs(t: float, y: np.ndarray) -> np.ndarray:
+            xt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
+            if t != last["t"]:
+                last["t"], last["tv"] = t, time_vector(t, xt)
+            v = flow.drift(xt, last["tv"]).detach().to("cpu", torch.float64).numpy().ravel()
+            if not np.isfinite(v).all():
+                raise NonFiniteError(
+                    f"{self.name}: non-finite drift at t={t:.6g} (method {self.method}); check "
+                    "score_fn or try a less stiff SDE / larger end time"
+                )
+            return v
+
+        y0 = x.detach().to("cpu", torch.float64).numpy().ravel().copy()
+        sol = solve_ivp(
+            rhs,
+            (float(ts[0]), float(ts[-1])),
+            y0,
+            method=self.method,
+            t_eval=ts,
+            rtol=self.rtol,
+            atol=self.atol,
+            **self._structure(batch, d),
+        )
+        if not sol.success:
+            raise RuntimeError(
+                f"{self.name}: solve_ivp ({self.method}, rtol={self.rtol:g}, atol={self.atol:g}) "
+                f"failed: {sol.message}"
+            )
+
+        def state(i: int) -> torch.Tensor:
+            column = np.ascontiguousarray(sol.y[:, i])  # own memory, not a view into sol.y
+            return torch.from_numpy(column).reshape(shape).to(device=device, dtype=dtype)
+
+        n = len(ts) - 1
+        if callback is not None:
+            for i in range(n):
+                callback(i, float(ts[i + 1]), state(i + 1))
+        return state(n)
