@@ -159,6 +159,18 @@ def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.T
     return z.to(x.device)
 
 
+def scale_and_std(sde, times) -> tuple[list[float], list[float]]:
+    r"""Signal scale :math:`s(t)` and noise scale :math:`\sigma(t)` at each time, as float64 lists.
+
+    Read off the public :meth:`~scoresde.SDE.marginal` (mean of :math:`p_t(x \mid x_0 = 1)` and
+    its standard deviation), so it works for any SDE whose transition is
+    :math:`\mathcal N(s x_0, \sigma^2 I)`.
+    """
+    t = torch.as_tensor(times, dtype=torch.float64).detach().cpu().reshape(-1)
+    mean, std = sde.marginal(torch.ones(t.shape[0], 1, dtype=torch.float64), t)
+    return mean[:, 0].tolist(), std.tolist()
+
+
 class _CountingScore:
     """Wraps a score function: counts calls, checks shapes and stops on non-finite values.
 

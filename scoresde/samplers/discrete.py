@@ -14,8 +14,7 @@ import torch
 
 from .._checks import as_time, bcast, check_int, check_positive
 from ..sde import DiscreteSchedule
-from .base import Sampler, gaussian_like, time_vector
-from .pc import _scale_std
+from .base import Sampler, gaussian_like, scale_and_std, time_vector
 
 __all__ = ["DDPM", "DDIM", "EpsilonScore"]
 
@@ -212,7 +211,7 @@ class DDIM(Sampler):
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         ts = times.tolist()
-        s, sig = _scale_std(sde, times)
+        s, sig = scale_and_std(sde, times)
         coeffs = []
         for i in range(len(ts) - 1):
             r = s[i] / s[i + 1]

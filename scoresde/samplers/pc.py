@@ -20,21 +20,9 @@ import math
 import torch
 
 from .._checks import check_int, check_positive
-from .base import Sampler, gaussian_like, time_vector
+from .base import Sampler, gaussian_like, scale_and_std, time_vector
 
 __all__ = ["ReverseDiffusion", "LangevinCorrector", "AnnealedLangevin", "PredictorCorrector"]
-
-
-def _scale_std(sde, times) -> tuple[list[float], list[float]]:
-    r"""Signal scale :math:`s(t)` and noise scale :math:`\sigma(t)` at each time, as float64 lists.
-
-    Read off the public :meth:`~scoresde.SDE.marginal` (mean of :math:`p_t(x \mid x_0 = 1)` and
-    its standard deviation), so it works for any SDE whose transition is
-    :math:`\mathcal N(s x_0, \sigma^2 I)`.
-    """
-    t = torch.as_tensor(times, dtype=torch.float64).detach().cpu().reshape(-1)
-    mean, std = sde.marginal(torch.ones(t.shape[0], 1, dtype=torch.float64), t)
-    return mean[:, 0].tolist(), std.tolist()
 
 
 class ReverseDiffusion(Sampler):
@@ -63,7 +51,7 @@ class ReverseDiffusion(Sampler):
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         ts = times.tolist()
-        s, sig = _scale_std(sde, times)
+        s, sig = scale_and_std(sde, times)
         for i in range(len(ts) - 1):
             r = s[i] / s[i + 1]
             g2 = max(sig[i] ** 2 - r * r * sig[i + 1] ** 2, 0.0)
@@ -156,13 +144,13 @@ class LangevinCorrector(Sampler):
             The corrected state, still at time ``t``.
         """
         t, t_next = float(t), float(t_next)
-        s, sig = _scale_std(sde, [t, t_next])
+        s, sig = scale_and_std(sde, [t, t_next])
         alpha = (s[0] / s[1]) ** 2 if t >= t_next else (s[1] / s[0]) ** 2
         return self._langevin(score_fn, x, t, alpha, sig[0], generator)
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         ts = times.tolist()
-        s, sig = _scale_std(sde, times)
+        s, sig = scale_and_std(sde, times)
         for i in range(len(ts) - 1):
             alpha = (s[i] / s[i + 1]) ** 2
             x = self._langevin(score_fn, x, ts[i + 1], alpha, sig[i + 1], generator)
