@@ -43,6 +43,11 @@ def check_int(name: str, value: int, *, minimum: int = 1) -> int:
     return value
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry of ``x`` is finite, with one reduction (max |x| propagates NaN and inf)."""
+    return x.numel() == 0 or math.isfinite(float(x.detach().abs().amax()))
+
+
 def check_tensor(name: str, x, *, min_dim: int = 1) -> torch.Tensor:
     """Check ``x`` is a floating-point tensor with at least ``min_dim`` dims and finite values."""
     if not isinstance(x, torch.Tensor):
@@ -54,7 +59,7 @@ def check_tensor(name: str, x, *, min_dim: int = 1) -> torch.Tensor:
             f"{name} must have at least {min_dim} dimension(s) (batch first), got shape "
             f"{tuple(x.shape)}"
         )
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return x
 
@@ -103,10 +108,10 @@ def as_time(
         t = t.expand(batch) if batch is not None else t.reshape(1)
     elif batch is not None and t.shape[0] != batch:
         raise ValueError(f"{name} must have shape ({batch},) to match the batch, got {tuple(t.shape)}")
-    if not bool(torch.isfinite(t.detach()).all()):
+    lo, hi = (float(v) for v in torch.aminmax(t.detach()))  # one reduction, one sync
+    if math.isnan(lo) or math.isnan(hi) or math.isinf(lo) or math.isinf(hi):
         raise ValueError(f"{name} contains non-finite values")
     slack = 1e-6 * max(T, 1.0)
-    lo, hi = float(t.detach().min()), float(t.detach().max())
     if lo < 0.0 or hi > T + slack:
         raise ValueError(f"{name} must lie in [0, T] = [0, {T:g}], got values in [{lo:g}, {hi:g}]")
     if hi > T:

@@ -166,15 +166,16 @@ class ReverseSDE:
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
         """Reverse drift, shaped like ``x``."""
-        t = as_time(t, x.shape[0], self.T, like=x)
-        f = self.sde.drift(x, t)
-        g2 = self.sde.diffusion(t) ** 2
+        check_tensor("x", x)
+        t = as_time(t, x.shape[0], self.T, like=x)  # validated once; the SDE's internals follow
+        f = self.sde._drift(x, t)
+        g2 = self.sde._diffusion(t) ** 2
         scale = 0.5 if self.probability_flow else 1.0
         return f - bcast(scale * g2, x) * self.score_fn(x, t)
 
     def diffusion(self, t) -> torch.Tensor:
         """Reverse diffusion: :math:`g(t)`, or zero for the probability flow."""
-        g = self.sde.diffusion(t)
+        g = self.sde._diffusion(as_time(t, None, self.T))
         return torch.zeros_like(g) if self.probability_flow else g
 
 
@@ -267,7 +268,7 @@ def _check_beta(beta_min: float, beta_max: float) -> tuple[float, float]:
 
 
 class OU(LinearSDE):
-    r"""Ornstein–Uhlenbeck process :math:`\mathrm{d}x = \alpha x\,\mathrm{d}t + \sigma\,\mathrm{d}W`, :math:`\alpha < 0`.
+    r"""Ornstein–Uhlenbeck process :math:`\mathrm{d}x = \alpha x\,\mathrm{d}t + \sigma\,\mathrm{d}W`, α < 0.
 
     The process of the lecture notes (seed 002 writes it with :math:`\sigma = 1`):
     :math:`s(t) = e^{\alpha t}` and :math:`\sigma(t)^2 = \sigma^2 (e^{2\alpha t} - 1)/(2\alpha)`.

@@ -169,6 +169,9 @@ def test_ode_nonfinite_and_failed_solve(vp):
 
     with pytest.raises(NonFiniteError, match=r"t=1\b"):
         sd.sample(vp, nan_score, (4, 2), sampler="ode", steps=2)
+    # called directly (no driver checking the score), the sampler stops on its own
+    with torch.no_grad(), pytest.raises(NonFiniteError, match=r"non-finite drift at t=1\b"):
+        ProbabilityFlowODE().run(vp, nan_score, torch.zeros(4, 2), time_grid(vp, 2))
 
     def wild_score(x, t):  # finite but varying on a scale no step size can resolve
         return (1e30 * torch.sin(1e30 * t))[:, None].expand_as(x)

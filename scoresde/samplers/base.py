@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import as_time, bcast, check_int, check_positive, check_shape, check_tensor
+from .._checks import all_finite, as_time, bcast, check_int, check_positive, check_shape, check_tensor
 from ..sde import SDE
 
 __all__ = ["Sampler", "SampleResult", "sample", "time_grid", "tweedie_denoise", "GRIDS", "NonFiniteError"]
@@ -191,14 +191,14 @@ class _CountingScore:
         )
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise self._non_finite("state", t)
         self.calls += 1
         out = self.score_fn(x, t)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
-        if not bool(torch.isfinite(out).all()):
+        if not all_finite(out):
             raise self._non_finite("score", t)
         return out
 
@@ -338,7 +338,7 @@ def sample(
 
     def step_hook(step: int, t: float, x_now: torch.Tensor) -> None:
         counted.step = step
-        if not bool(torch.isfinite(x_now).all()):
+        if not all_finite(x_now):
             raise counted._non_finite("state", t)
         counted.step = step + 1
         if states is not None:

@@ -7,8 +7,6 @@ integrated from ``T`` down to the end time; deterministic given the prior draw.
 
 from __future__ import annotations
 
-import torch
-
 from .base import Sampler, time_vector
 
 __all__ = ["EulerODE", "Heun"]

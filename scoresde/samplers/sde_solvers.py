@@ -2,8 +2,6 @@ r"""Fixed-step solvers of the reverse-time SDE (Anderson 1982; Song et al. 2021,
 
 from __future__ import annotations
 
-import torch
-
 from .._checks import bcast
 from .base import Sampler, gaussian_like, time_vector
 

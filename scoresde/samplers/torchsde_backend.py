@@ -116,8 +116,10 @@ class TorchSDE(Sampler):
     References
     ----------
     Li, Wong, Chen & Duvenaud (2020), *Scalable gradients for stochastic differential
-    equations*, AISTATS. Rößler (2010), *Runge–Kutta methods for the strong approximation of
-    solutions of stochastic differential equations*, SIAM J. Numer. Anal. 48(3).
+    equations*, AISTATS. Kidger, Foster, Li & Lyons (2021), *Efficient and accurate gradients
+    for neural SDEs*, NeurIPS (the Brownian Interval). Rößler (2010), *Runge–Kutta methods for
+    the strong approximation of solutions of stochastic differential equations*, SIAM J.
+    Numer. Anal. 48(3).
 
     Examples
     --------
