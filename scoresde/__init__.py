@@ -6,11 +6,14 @@ The public surface (see the API reference):
   on the bases :class:`SDE` / :class:`LinearSDE`, and :class:`DiscreteSchedule` (DDPM);
 - reference targets with exact scores: :class:`GaussianMixture`, :class:`Gaussian` and the named
   ones built by :func:`make_target`;
+- samplers behind :func:`sample` (see :mod:`scoresde.samplers`);
+- exact log-likelihoods through the probability-flow ODE: :func:`log_likelihood`, :func:`bits_per_dim`;
 - sample-quality metrics in :mod:`scoresde.metrics`.
 """
 
 from . import metrics, samplers
 from .sde import OU, SDE, VESDE, VPSDE, CosineVPSDE, DiscreteSchedule, LinearSDE, ReverseSDE, SubVPSDE
+from .likelihood import bits_per_dim, log_likelihood
 from .samplers import SampleResult, sample
 from .targets import (
     Gaussian,
@@ -47,4 +50,6 @@ __all__ = [
     "samplers",
     "sample",
     "SampleResult",
+    "log_likelihood",
+    "bits_per_dim",
 ]

@@ -171,7 +171,7 @@ def scale_and_std(sde, times) -> tuple[list[float], list[float]]:
     return mean[:, 0].tolist(), std.tolist()
 
 
-class _CountingScore:
+class CountingScore:
     """Wraps a score function: counts calls, checks shapes and stops on non-finite values.
 
     ``step`` is kept current by the driver so that an error can name the step it happened in.
@@ -327,7 +327,7 @@ def sample(
         x = x_init.clone()
 
     label = solver.name or type(solver).__name__
-    counted = _CountingScore(score_fn, label)
+    counted = CountingScore(score_fn, label)
     states = [x.detach().clone()] if trajectory else None
     state_times = [float(times[0])] if trajectory else None
     bar = None
