@@ -8,13 +8,36 @@ The public surface (see the API reference):
   ones built by :func:`make_target`;
 - samplers behind :func:`sample` (see :mod:`scoresde.samplers`);
 - exact log-likelihoods through the probability-flow ODE: :func:`log_likelihood`, :func:`bits_per_dim`;
-- sample-quality metrics in :mod:`scoresde.metrics`.
+- score networks (:class:`ScoreMLP`, :class:`UNet`, :class:`ScoreModel`) and score-matching
+  losses (:func:`dsm_loss` and friends), trained by :class:`Trainer` on :mod:`scoresde.data`;
+- sample-quality metrics in :mod:`scoresde.metrics` and the sampler comparison harness in
+  :mod:`scoresde.compare` (figures in :mod:`scoresde.plotting`).
 """
 
-from . import metrics, samplers
-from .sde import OU, SDE, VESDE, VPSDE, CosineVPSDE, DiscreteSchedule, LinearSDE, ReverseSDE, SubVPSDE
+from . import compare, data, losses, metrics, nets, plotting, samplers, training
 from .likelihood import bits_per_dim, log_likelihood
+from .losses import (
+    ddpm_loss,
+    dsm_loss,
+    explicit_score_matching_loss,
+    implicit_score_matching_loss,
+    sliced_score_matching_loss,
+)
+from .nets import GaussianFourierEmbedding, ScoreMLP, ScoreModel, UNet
 from .samplers import SampleResult, sample
+from .sde import (
+    OU,
+    SDE,
+    SDE_NAMES,
+    VESDE,
+    VPSDE,
+    CosineVPSDE,
+    DiscreteSchedule,
+    LinearSDE,
+    ReverseSDE,
+    SubVPSDE,
+    make_sde,
+)
 from .targets import (
     Gaussian,
     GaussianMixture,
@@ -25,6 +48,7 @@ from .targets import (
     ring8,
     target_names,
 )
+from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint
 
 __version__ = "0.1.0"
 
@@ -38,6 +62,8 @@ __all__ = [
     "CosineVPSDE",
     "ReverseSDE",
     "DiscreteSchedule",
+    "SDE_NAMES",
+    "make_sde",
     "GaussianMixture",
     "Gaussian",
     "ring8",
@@ -52,4 +78,23 @@ __all__ = [
     "SampleResult",
     "log_likelihood",
     "bits_per_dim",
+    "ScoreMLP",
+    "UNet",
+    "ScoreModel",
+    "GaussianFourierEmbedding",
+    "dsm_loss",
+    "ddpm_loss",
+    "sliced_score_matching_loss",
+    "implicit_score_matching_loss",
+    "explicit_score_matching_loss",
+    "Trainer",
+    "TrainConfig",
+    "CheckpointError",
+    "load_checkpoint",
+    "compare",
+    "data",
+    "losses",
+    "nets",
+    "plotting",
+    "training",
 ]

@@ -34,6 +34,8 @@ __all__ = [
     "CosineVPSDE",
     "ReverseSDE",
     "DiscreteSchedule",
+    "SDE_NAMES",
+    "make_sde",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -583,3 +585,25 @@ class DiscreteSchedule:
     @property
     def posterior_variance(self) -> torch.Tensor:
         return self.betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
+
+
+#: Short names of the SDE family, accepted by :func:`make_sde` (and the command line).
+SDE_NAMES: tuple[str, ...] = ("vp", "subvp", "ve", "ou", "cosine")
+
+
+def make_sde(name: str) -> LinearSDE:
+    """The SDE called ``name`` (one of :data:`SDE_NAMES`) with its default parameters.
+
+    ``"vp"`` :class:`VPSDE`, ``"subvp"`` :class:`SubVPSDE`, ``"ve"`` :class:`VESDE`, ``"ou"``
+    :class:`OU`, ``"cosine"`` :class:`CosineVPSDE`.
+
+    Examples
+    --------
+    >>> from scoresde.sde import make_sde
+    >>> make_sde("ve")
+    VESDE(sigma_min=0.01, sigma_max=50, T=1)
+    """
+    classes = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "ou": OU, "cosine": CosineVPSDE}
+    if not isinstance(name, str) or name not in classes:
+        raise ValueError(f"sde must be one of {', '.join(SDE_NAMES)}, got {name!r}")
+    return classes[name]()

@@ -1,0 +1,278 @@
+"""Matplotlib figures: error against NFE, sample scatter grids and sampling trajectories.
+
+Every function builds a fresh :class:`matplotlib.figure.Figure` on an Agg canvas and returns
+it; nothing goes through ``pyplot``, so no global figure state is created or left behind and
+no window is ever opened. Save with ``fig.savefig(path)``; in a notebook the returned figure
+displays itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ._checks import check_int, check_positive
+
+__all__ = ["plot_error_vs_nfe", "plot_samples", "plot_trajectories"]
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _as_numpy(name: str, x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a tensor or an array of numbers, got {type(x).__name__}") from None
+
+
+def _points(name: str, x) -> np.ndarray:
+    """First two coordinates of a sample ``(n, *event)`` with >= 2 entries per point."""
+    a = _as_numpy(name, x)
+    if a.ndim < 2 or a.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (n, *event_shape), got {a.shape}")
+    a = a.reshape(a.shape[0], -1)
+    if a.shape[1] < 2:
+        raise ValueError(f"{name} must have at least 2 coordinates per point, got {a.shape[1]}")
+    a = a[:, :2]
+    return a[np.isfinite(a).all(axis=1)]
+
+
+def _finite_positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def plot_error_vs_nfe(records: Sequence[Mapping], metric: str = "error", target: str | None = None,
+                      *, title: str | None = None) -> Figure:
+    """Log-log plot of a metric against the actual NFE, one line per sampler.
+
+    Only records with ``status == "ok"`` and a finite positive value are drawn; the target's
+    noise floor (the metric for exact samples at the same ``n``, from the records'
+    ``noise_floor``) is a dashed horizontal line. With ``target=None`` every target in the
+    records gets its own panel. Records may come from
+    :func:`scoresde.compare.run_comparison`, :func:`scoresde.compare.load` or any producer
+    that writes the same keys; when they hold several SDEs the SDE is added to the labels.
+
+    Parameters
+    ----------
+    records : list of dict
+    metric : str
+        One of :data:`scoresde.compare.METRICS` (default the combined ``"error"``).
+    target : str, optional
+        Plot only this target.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .compare import METRICS
+
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if isinstance(records, Mapping) or not isinstance(records, Sequence):
+        raise TypeError(f"records must be a list of dicts, got {type(records).__name__}")
+    if not all(isinstance(r, Mapping) for r in records):
+        raise TypeError("records must be a list of dicts")
+    present = list(dict.fromkeys(r.get("target") for r in records))
+    if target is not None:
+        if target not in present:
+            raise ValueError(
+                f"target {target!r} is not in the records; present: {', '.join(map(str, present))}")
+        present = [target]
+    if not present:
+        raise ValueError("records is empty")
+    ncols = min(2, len(present))
+    nrows = math.ceil(len(present) / ncols)
+    fig = _figure(6.0 * ncols, 4.2 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, tname in zip(axes, present, strict=False):
+        _error_panel(ax, [r for r in records if r.get("target") == tname], metric)
+        ax.set_title(str(tname))
+    for ax in axes[len(present):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _error_panel(ax, records: list[Mapping], metric: str) -> None:
+    several_sdes = len({r.get("sde") for r in records}) > 1
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if r.get("status", "ok") != "ok":
+            continue
+        v, nfe = r.get(metric), r.get("nfe")
+        if not (_finite_positive(v) and _finite_positive(nfe)):
+            continue
+        label = str(r.get("sampler"))
+        if several_sdes:
+            label += f" ({r.get('sde')})"
+        lines.setdefault(label, []).append((float(nfe), float(v)))
+    cmap = matplotlib.colormaps["tab20" if len(lines) > 10 else "tab10"]
+    for i, (label, pts) in enumerate(lines.items()):
+        pts.sort()
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker=_MARKERS[i % len(_MARKERS)], ms=4, lw=1.3, label=label,
+                color=cmap(i % cmap.N), ls="--" if label.startswith("diffusers") else "-")
+    floor = next((r["noise_floor"] for r in records if isinstance(r.get("noise_floor"), Mapping)),
+                 None)
+    if floor is not None and _finite_positive(floor.get(metric)):
+        ax.axhline(floor[metric], color="0.35", ls="--", lw=1.0, label="noise floor (exact)")
+    if lines:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no successful runs", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("NFE (score evaluations)")
+    ax.set_ylabel(metric)
+    ax.grid(True, which="both", alpha=0.25)
+    if lines or floor is not None:
+        ax.legend(fontsize=7, loc="best")
+
+
+def plot_samples(samples_by_name: Mapping[str, torch.Tensor], reference=None, ncols: int = 4, *,
+                 max_points: int = 2000, size: float = 3.0, title: str | None = None) -> Figure:
+    """Scatter grid of samples, first two coordinates, one panel per name.
+
+    With a ``reference`` (an exact sample) the first panel shows it and every other panel draws
+    it faintly in grey behind the samples; all panels share the axis limits of the reference
+    (or of all samples when there is none), so a sampler that spreads too far shows up as
+    points leaving the frame — their count is given in the panel title.
+
+    Parameters
+    ----------
+    samples_by_name : mapping str -> Tensor
+        Samples ``(n, *event)`` with at least 2 coordinates each.
+    reference : Tensor, optional
+        An exact sample of the target.
+    ncols : int
+        Panels per row (>= 1).
+    max_points : int
+        At most this many points per panel (the first ones).
+    size : float
+        Panel size in inches.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not isinstance(samples_by_name, Mapping) or not samples_by_name:
+        raise ValueError("samples_by_name must be a non-empty mapping name -> samples")
+    ncols = check_int("ncols", ncols)
+    max_points = check_int("max_points", max_points)
+    size = check_positive("size", size)
+    panels = [(str(k), _points(f"samples_by_name[{k!r}]", v)[:max_points])
+              for k, v in samples_by_name.items()]
+    ref = None
+    if reference is not None:
+        ref = _points("reference", reference)[:max_points]
+        panels.insert(0, ("reference (exact)", ref))
+    basis = ref if ref is not None and len(ref) else np.concatenate([p for _, p in panels])
+    if len(basis):
+        lo, hi = np.quantile(basis, 0.002, axis=0), np.quantile(basis, 0.998, axis=0)
+    else:
+        lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    pad = 0.15 * np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - pad, hi + pad
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _figure(size * ncols, size * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, (ax, (name, pts)) in enumerate(zip(axes, panels, strict=False)):
+        is_ref = ref is not None and i == 0
+        if ref is not None and not is_ref:
+            ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.8", linewidths=0)
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, c="0.2" if is_ref else f"C{i % 10}",
+                   linewidths=0, alpha=0.7)
+        outside = int((~((pts >= lo) & (pts <= hi)).all(axis=1)).sum())
+        ax.set_title(name if not outside else f"{name} ({outside} outside)", fontsize=9)
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_aspect("equal", adjustable="box")
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_trajectories(trajectory, times, *, n_paths: int = 50, reference=None,
+                      title: str | None = None) -> Figure:
+    """Sampling paths of 2-D points: in the plane, and the first coordinate against time.
+
+    Takes the ``trajectory`` and ``times`` of a :class:`~scoresde.samplers.SampleResult`
+    produced with ``trajectory=True``. Left panel: ``n_paths`` paths in the plane (first two
+    coordinates) from the prior draw (grey) to the final samples (coloured), over a faint
+    ``reference`` sample when given. Right panel: the first coordinate of the same paths
+    against ``t``, with time running from ``T`` (left) to the end time (right), as the
+    sampler integrates.
+
+    Parameters
+    ----------
+    trajectory : Tensor
+        ``(n_states, batch, *event)`` with at least 2 coordinates per point.
+    times : Tensor or sequence of float
+        ``(n_states,)``, the time of each state.
+    n_paths : int
+        Number of paths drawn (>= 1; the first ones).
+    reference : Tensor, optional
+        An exact sample of the target, drawn behind the paths.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    traj = _as_numpy("trajectory", trajectory)
+    if traj.ndim < 3:
+        raise ValueError(f"trajectory must have shape (n_states, batch, *event), got {traj.shape}")
+    traj = traj.reshape(traj.shape[0], traj.shape[1], -1)
+    if traj.shape[2] < 2:
+        raise ValueError(
+            f"trajectory must have at least 2 coordinates per point, got {traj.shape[2]}")
+    ts = _as_numpy("times", times).reshape(-1)
+    if ts.shape[0] != traj.shape[0]:
+        raise ValueError(
+            f"times must have {traj.shape[0]} entries (one per state), got {ts.shape[0]}")
+    n_paths = min(check_int("n_paths", n_paths), traj.shape[1])
+    paths = traj[:, :n_paths, :2]
+    fig = _figure(10.0, 4.3)
+    ax_plane, ax_time = fig.subplots(1, 2)
+    if reference is not None:
+        ref = _points("reference", reference)
+        ax_plane.scatter(ref[:, 0], ref[:, 1], s=2, c="0.85", linewidths=0, label="reference")
+    for j in range(n_paths):
+        ax_plane.plot(paths[:, j, 0], paths[:, j, 1], lw=0.6, alpha=0.5, color=f"C{j % 10}")
+        ax_time.plot(ts, paths[:, j, 0], lw=0.6, alpha=0.6, color=f"C{j % 10}")
+    ax_plane.scatter(paths[0, :, 0], paths[0, :, 1], s=8, c="0.5", label=f"t = {ts[0]:.3g}")
+    ax_plane.scatter(paths[-1, :, 0], paths[-1, :, 1], s=10, c="k", label=f"t = {ts[-1]:.3g}")
+    ax_plane.set_xlabel("x[0]")
+    ax_plane.set_ylabel("x[1]")
+    ax_plane.legend(fontsize=7, loc="best")
+    ax_plane.set_title("paths in the plane", fontsize=9)
+    ax_time.set_xlabel("t")
+    ax_time.set_ylabel("x[0]")
+    if ts[0] > ts[-1]:
+        ax_time.invert_xaxis()
+    ax_time.set_title("first coordinate against time", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig

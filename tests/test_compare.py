@@ -1,0 +1,510 @@
+"""Tests of the sampler comparison harness, its figures and the ``scoresde`` command line.
+
+The configurations are tiny (a few hundred samples, budgets up to 200) so that the whole file
+runs in seconds; the statistical assertions compare a 5-step Heun run, which is far from the
+target, with a 100-step one, which is close to the noise floor, so they hold with a wide margin.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde import compare, plotting
+from scoresde.cli import main
+from scoresde.samplers import NonFiniteError, Sampler
+
+N = 300
+
+
+@pytest.fixture(scope="module")
+def records():
+    """heun / euler_maruyama / ddpm / ode on imbalanced_2d, budgets 10, 20, 200."""
+    return compare.run_comparison(
+        targets=["imbalanced_2d"],
+        samplers=["heun", "euler_maruyama", "ddpm", "ode"],
+        nfe=(200, 10, 20, 20),  # unsorted with a duplicate: sorted and deduplicated
+        n=N,
+        seed=0,
+        keep_samples=True,
+    )
+
+
+def by(records, sampler):
+    return {r["budget"]: r for r in records if r["sampler"] == sampler}
+
+
+def test_records_are_sane(records):
+    assert len(records) == 4 * 3
+    for r in records:
+        assert set(compare.RECORD_KEYS) <= set(r)
+        assert r["target"] == "imbalanced_2d" and r["sde"] == "vp" and r["n"] == N
+        assert r["budget"] in (10, 20, 200)
+        floor = r["noise_floor"]
+        assert set(floor) == set(compare.METRICS)
+        assert 0 < floor["error"] < 1 and 0 < floor["sw2"] < 0.5
+        if r["status"] == "ok":
+            assert r["nfe"] <= r["budget"]  # fixed-step and adaptive alike
+            assert r["wall_time_s"] > 0 and r["peak_mem_bytes"] >= 0 and r["mem_method"] == "rss"
+            assert all(isinstance(r[m], float) for m in compare.METRICS)
+    heun = by(records, "heun")
+    assert [heun[b]["steps"] for b in (10, 20, 200)] == [5, 10, 100]
+    assert [heun[b]["nfe"] for b in (10, 20, 200)] == [10, 20, 200]
+    assert heun[10]["nfe_per_step"] == 2
+    assert by(records, "euler_maruyama")[20]["nfe"] == 20
+
+
+def test_error_decreases_with_nfe(records):
+    heun = by(records, "heun")
+    assert heun[10]["error"] > 2 * heun[200]["error"]
+    assert heun[10]["sw2"] > heun[200]["sw2"]
+    # 100 Heun steps are close to exact: within a few noise floors
+    assert heun[200]["error"] < 5 * heun[200]["noise_floor"]["error"]
+
+
+def test_ddpm_skips_budgets_it_cannot_honour(records):
+    ddpm = by(records, "ddpm")
+    assert ddpm[10]["status"] == "skipped"
+    assert "too small" in ddpm[10]["reason"] and ddpm[10]["steps"] == 10
+    assert ddpm[10]["nfe"] is None and ddpm[10]["error"] is None
+    assert ddpm[200]["status"] == "ok" and ddpm[200]["nfe"] == 200
+
+
+def test_adaptive_ode_sweeps_tolerances(records):
+    ode = by(records, "ode")
+    assert ode[10]["status"] == "skipped" and "adaptive" in ode[10]["reason"]
+    assert ode[200]["status"] == "ok"
+    assert ode[200]["steps"] is None and ode[200]["nfe_per_step"] is None
+    assert set(ode[200]["options"]) == {"rtol", "atol"}
+    assert 100 < ode[200]["nfe"] <= 200  # the tightest tolerance that fits, close to the budget
+    assert ode[200]["error"] < ode[20]["error"]
+
+
+def test_keep_samples_only_largest_budget(records):
+    kept = [r for r in records if "samples" in r]
+    assert {r["sampler"] for r in kept} == {"heun", "euler_maruyama", "ddpm", "ode"}
+    assert all(r["budget"] == 200 and r["samples"].shape == (N, 2) for r in kept)
+
+
+def test_not_applicable_combinations_are_skipped():
+    recs = compare.run_comparison(targets="imbalanced_2d", samplers="ddpm", nfe=(50, 100),
+                                  n=50, sde="ve", memory="none")
+    assert [r["status"] for r in recs] == ["skipped", "skipped"]
+    assert all("not applicable" in r["reason"] and "discretize" in r["reason"] for r in recs)
+    assert recs[0]["sde"] == "ve" and recs[0]["noise_floor"] is not None
+
+
+def test_budget_below_one_step_and_pc_cost():
+    recs = compare.run_comparison(targets=["correlated_gaussian"],
+                                  samplers={"pc2": sd.samplers.PredictorCorrector(n_steps=2)},
+                                  nfe=(2, 9), n=50, sde=sd.SubVPSDE(), memory="tracemalloc")
+    low, high = recs
+    assert low["status"] == "skipped" and "below the cost of one step (3 NFE)" in low["reason"]
+    assert high["status"] == "ok" and high["steps"] == 3 and high["nfe"] == 9
+    assert high["nfe_per_step"] == 3 and high["sde"].startswith("SubVPSDE(")
+    assert high["tracemalloc_peak_bytes"] >= 0
+
+
+class _Flaky(Sampler):
+    """Runs on the probe batch of 2, raises on real batches."""
+
+    name = "flaky"
+
+    def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
+        for i in range(len(times) - 1):
+            score_fn(x, times[i])
+        if x.shape[0] > 2:
+            raise NonFiniteError("boom at step 3")
+        return x
+
+
+class _FakeAdaptive(Sampler):
+    """NFE set by the tolerance, not by the steps; raises on real batches if ``fail``."""
+
+    name = "fake_adaptive"
+
+    def __init__(self, fail=False):
+        self.rtol = self.atol = 1e-3
+        self.fail = fail
+
+    def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
+        if self.fail and x.shape[0] > 2:
+            raise RuntimeError("solver failed")
+        for _ in range(max(1, round(-10 * math.log10(self.rtol)))):
+            score_fn(x, times[0])
+        return x
+
+
+class _NaNs(Sampler):
+    """Returns NaN samples on real batches without telling the driver (no callback)."""
+
+    name = "nans"
+
+    def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
+        for i in range(len(times) - 1):
+            score_fn(x, times[i])
+        return x * math.nan if x.shape[0] > 2 else x
+
+
+class _NoTolerance(Sampler):
+    name = "no_tol"
+
+    def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
+        score_fn(x, times[0])
+        return x
+
+
+class _Broken(Sampler):
+    name = "broken"
+
+    def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
+        raise RuntimeError("never runs")
+
+
+def test_errors_and_adaptive_edge_cases():
+    recs = compare.run_comparison(
+        targets={"g": sd.Gaussian(torch.zeros(2), torch.eye(2))},
+        samplers={"flaky": _Flaky(), "fake": _FakeAdaptive(), "fail": _FakeAdaptive(fail=True),
+                  "notol": _NoTolerance(), "broken": _Broken(), "nans": _NaNs()},
+        nfe=(5, 15, 40), n=20, tolerances=(1e-1, 1e-2), memory="none")
+    got = {(r["sampler"], r["budget"]): r for r in recs}
+    assert got["flaky", 5]["status"] == "error"
+    assert got["flaky", 5]["reason"] == "NonFiniteError: boom at step 3"
+    # fake adaptive: nfe 10 at rtol 1e-1, 20 at 1e-2
+    assert got["fake", 5]["status"] == "skipped" and "needs 10 NFE" in got["fake", 5]["reason"]
+    assert got["fake", 15]["nfe"] == 10 and got["fake", 15]["options"]["rtol"] == 0.1
+    assert got["fake", 40]["nfe"] == 20 and got["fake", 40]["note"] is None
+    assert got["fail", 15]["status"] == "error" and "solver failed" in got["fail", 15]["reason"]
+    assert got["notol", 5]["status"] == "skipped" and "rtol" in got["notol", 5]["reason"]
+    assert got["nans", 5]["status"] == "error"
+    assert got["nans", 5]["reason"].startswith("evaluation failed: ValueError")
+    assert got["broken", 5]["status"] == "skipped"
+    assert "never runs" in got["broken", 5]["reason"]
+    # a ladder that is exhausted reports the same run twice, and says so
+    recs = compare.run_comparison(targets={"g": sd.Gaussian(torch.zeros(2), torch.eye(2))},
+                                  samplers={"fake": _FakeAdaptive()}, nfe=(30, 40), n=20,
+                                  tolerances=(1e-1,), memory="none")
+    assert [r["nfe"] for r in recs] == [10, 10]
+    assert recs[1]["note"] == "same run as budget 30 (no tighter tolerance fits)"
+    # the cap stops a solve that exceeds every budget
+    recs = compare.run_comparison(targets={"g": sd.Gaussian(torch.zeros(2), torch.eye(2))},
+                                  samplers={"fake": _FakeAdaptive()}, nfe=(5,), n=20,
+                                  tolerances=(1e-3,), memory="none")
+    assert "more than 5" in recs[0]["reason"]
+    recs = compare.run_comparison(targets={"g": sd.Gaussian(torch.zeros(2), torch.eye(2))},
+                                  samplers={"fake": _FakeAdaptive()}, nfe=(5,), n=20,
+                                  tolerances=(), memory="none")
+    assert recs[0]["status"] == "error" and recs[0]["reason"] == "no tolerance given"
+
+
+def test_seeds_are_reproducible():
+    kw = dict(targets=["correlated_gaussian"], samplers=["euler_maruyama"], nfe=(10,), n=64,
+              memory="none")
+    a, b = compare.run_comparison(**kw), compare.run_comparison(**kw)
+    c = compare.run_comparison(**kw, seed=1)
+    assert a[0]["sw2"] == b[0]["sw2"] and a[0]["sw2"] != c[0]["sw2"]
+    assert compare.derive_seed(0, "a", 1) == compare.derive_seed(0, "a", 1)
+    assert compare.derive_seed(0, "a") != compare.derive_seed(1, "a")
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"targets": ["nope"]}, ValueError, "valid names: anisotropic_64d"),
+        ({"targets": [3]}, TypeError, "target names"),
+        ({"targets": {"x": 3}}, TypeError, "GaussianMixture"),
+        ({"targets": 3}, TypeError, "targets must be"),
+        ({"targets": []}, ValueError, "must not be empty"),
+        ({"samplers": ["nope"]}, ValueError, "valid names: annealed_langevin"),
+        ({"samplers": [3]}, TypeError, "mapping label"),
+        ({"samplers": {"x": 3}}, TypeError, "Sampler instance"),
+        ({"samplers": 3}, TypeError, "samplers must be"),
+        ({"samplers": {}}, ValueError, "must not be empty"),
+        ({"nfe": "10"}, TypeError, "nfe"),
+        ({"nfe": ()}, ValueError, "at least one"),
+        ({"nfe": (0,)}, ValueError, "nfe must be an int >= 1"),
+        ({"n": 1}, ValueError, "n must be an int >= 2"),
+        ({"sde": "vpp"}, ValueError, "vp, subvp, ve, ou, cosine"),
+        ({"sde": 3}, TypeError, "LinearSDE"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"tolerances": 0.1}, TypeError, "tolerances"),
+        ({"tolerances": (0.0,)}, ValueError, "tolerances"),
+        ({"memory": "psutil"}, ValueError, "memory must be one of"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    base = dict(targets=["imbalanced_2d"], samplers=["heun"], nfe=(10,), n=10)
+    with pytest.raises(exc, match=match):
+        compare.run_comparison(**{**base, **kwargs})
+
+
+def test_helpers():
+    assert isinstance(compare.make_sde("cosine"), sd.CosineVPSDE)
+    with pytest.raises(ValueError, match="sde must be one of"):
+        compare.make_sde("x")
+    with pytest.raises(ValueError, match="adaptive"):
+        compare.SamplerCost(0, 0, True, 1).steps_for(10)
+    with pytest.raises(ValueError, match="memory"):
+        compare.timed_call(lambda: 1, memory="x")
+    assert compare.timed_call(lambda: 7, memory="none")[0] == 7
+    cost = compare.measure_cost(sd.VPSDE(), sd.imbalanced_2d().score_fn(sd.VPSDE()), "ddpm", 2)
+    assert cost.per_step == 1 and cost.overhead == 0 and cost.min_steps > 16
+    assert compare.quick_preset() is not compare.quick_preset()
+    assert list(compare._resolve_targets(None)) == sd.target_names()
+    assert list(compare._resolve_samplers(None)) == sd.samplers.names()
+    rec = compare.new_record("t", "s", 3, extra=1)
+    assert rec["status"] == "ok" and rec["extra"] == 1 and rec["nfe"] is None
+
+
+def test_json_is_strict_and_round_trips(records, tmp_path):
+    weird = compare.new_record("t", "s", 1, error=math.inf, sw2=math.nan,
+                               options={"x": torch.tensor(0.5)}, samples=torch.zeros(3, 2),
+                               other=object, listed=[torch.zeros(2), 1.5])
+    text = compare.to_json([*records, weird])
+
+    def reject(constant):
+        raise AssertionError(f"non-strict JSON constant {constant}")
+
+    doc = json.loads(text, parse_constant=reject)
+    assert doc["format"] == "scoresde.compare/1" and len(doc["records"]) == len(records) + 1
+    last = doc["records"][-1]
+    assert last["error"] is None and last["sw2"] is None and last["options"] == {"x": 0.5}
+    assert "samples" not in last and isinstance(last["other"], str)
+    assert isinstance(last["listed"][0], str) and last["listed"][1] == 1.5
+    path = tmp_path / "r.json"
+    path.write_text(text)
+    loaded = compare.load(path)
+    assert [r["sampler"] for r in loaded[:-1]] == [r["sampler"] for r in records]
+    assert loaded[0]["sw2"] == records[0]["sw2"]
+    path.write_text(json.dumps(loaded))
+    assert compare.load(path) == loaded
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="does not contain"):
+        compare.load(path)
+
+
+def test_markdown_has_a_row_per_record(records):
+    text = compare.to_markdown(records)
+    main_table = text.split("\n\n")[0].splitlines()
+    assert main_table[0].startswith("| target | sde | sampler |")
+    assert len(main_table) == 2 + len(records)
+    assert "skipped: cannot honour budget 10" in text
+    assert "rtol=" in text  # adaptive runs show their tolerance
+    assert "Noise floor" in text and "| imbalanced_2d | 300 |" in text
+    odd = compare.new_record("a|b", "s", 1, status="error", reason="x\ny", note="n",
+                             error=math.inf, sw2=math.nan, mmd=-math.inf, peak_mem_bytes=2**20)
+    row = compare.to_markdown([odd]).splitlines()[2]
+    assert "a\\|b" in row and "error: x y (n)" in row and "| inf |" in row
+    assert "| nan |" in row and "-inf" in row and "| 1 |" in row
+    with pytest.raises(TypeError):
+        compare.to_markdown({"a": 1})
+    with pytest.raises(TypeError):
+        compare.to_markdown([1])
+
+
+def test_save_writes_files(records, tmp_path):
+    paths = compare.save(records, tmp_path / "out")
+    assert paths["json"].name == "results.json" and paths["markdown"].name == "results.md"
+    names = sorted(p.name for p in paths["figures"])
+    assert names == ["error_vs_nfe_imbalanced_2d.png", "samples_imbalanced_2d.png",
+                     "sw2_vs_nfe_imbalanced_2d.png"]
+    for p in [paths["json"], paths["markdown"], *paths["figures"]]:
+        assert p.exists() and p.stat().st_size > 0
+    assert paths["figures"][0].read_bytes()[:4] == b"\x89PNG"
+    custom = [dict(r, target="my target") for r in records]
+    paths = compare.save(custom, tmp_path / "custom", figure_metrics=("mmd",))
+    assert sorted(p.name for p in paths["figures"]) == ["mmd_vs_nfe_my_target.png",
+                                                        "samples_my_target.png"]
+    assert compare.save(records, tmp_path / "nofig", figures=False)["figures"] == []
+    bare = [{k: v for k, v in r.items() if k != "samples"} for r in records]
+    paths = compare.save(bare, tmp_path / "bare", figure_metrics=("error",))
+    assert [p.name for p in paths["figures"]] == ["error_vs_nfe_imbalanced_2d.png"]
+    with pytest.raises(ValueError, match="figure_metrics"):
+        compare.save(records, tmp_path / "bad", figure_metrics=("nope",))
+
+
+def test_plot_error_vs_nfe(records):
+    fig = plotting.plot_error_vs_nfe(records, metric="sw2", title="t")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"heun", "euler_maruyama", "ddpm", "ode", "noise floor (exact)"} <= set(labels)
+    two = [*records, *[dict(r, target="other", sde="ve") for r in records]]
+    fig = plotting.plot_error_vs_nfe(two)
+    assert len([a for a in fig.axes if a.get_visible()]) == 2
+    three = [*two, dict(records[0], target="third", status="skipped")]
+    fig = plotting.plot_error_vs_nfe(three, target="third")
+    assert fig.axes[0].texts[0].get_text() == "no successful runs"
+    fig = plotting.plot_error_vs_nfe(three)
+    assert len([a for a in fig.axes if a.get_visible()]) == 3
+    sdes = [*records, *[dict(r, sde="ve", noise_floor=None) for r in records]]
+    labels = plotting.plot_error_vs_nfe(sdes).axes[0].get_legend_handles_labels()[1]
+    assert "heun (vp)" in labels and "heun (ve)" in labels
+    empty = [dict(records[0], status="skipped", noise_floor=None)]
+    assert plotting.plot_error_vs_nfe(empty).axes[0].get_legend() is None
+    with pytest.raises(ValueError, match="metric must be one of"):
+        plotting.plot_error_vs_nfe(records, metric="nope")
+    with pytest.raises(ValueError, match="present: imbalanced_2d"):
+        plotting.plot_error_vs_nfe(records, target="ring8")
+    with pytest.raises(ValueError, match="empty"):
+        plotting.plot_error_vs_nfe([])
+    with pytest.raises(TypeError):
+        plotting.plot_error_vs_nfe({"a": 1})
+    with pytest.raises(TypeError):
+        plotting.plot_error_vs_nfe([1])
+
+
+def test_plot_samples():
+    g = torch.Generator().manual_seed(0)
+    ref = sd.imbalanced_2d().sample(500, generator=g)
+    far = ref * 10
+    fig = plotting.plot_samples({"a": ref, "b": far}, reference=ref, ncols=2, title="x")
+    titles = [a.get_title() for a in fig.axes if a.get_visible()]
+    assert titles[0] == "reference (exact)" and titles[1] == "a" and "outside" in titles[2]
+    fig = plotting.plot_samples({"a": ref.numpy(), "b": torch.randn(10, 5, generator=g)})
+    assert len([a for a in fig.axes if a.get_visible()]) == 2
+    fig = plotting.plot_samples({"nan": torch.full((4, 2), math.nan)})
+    assert fig.axes[0].get_xlim() == (-1.3, 1.3)
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        plotting.plot_samples({})
+    with pytest.raises(ValueError, match="at least 2 coordinates"):
+        plotting.plot_samples({"a": torch.zeros(5, 1)})
+    with pytest.raises(ValueError, match="shape"):
+        plotting.plot_samples({"a": torch.zeros(5)})
+    with pytest.raises(TypeError, match="tensor or an array"):
+        plotting.plot_samples({"a": object()})
+    with pytest.raises(ValueError, match="ncols"):
+        plotting.plot_samples({"a": ref}, ncols=0)
+
+
+def test_plot_trajectories():
+    sde = sd.VPSDE()
+    target = sd.imbalanced_2d()
+    out = sd.sample(sde, target.score_fn(sde), (40, 2), sampler="heun", steps=10,
+                    generator=torch.Generator().manual_seed(0), trajectory=True)
+    fig = plotting.plot_trajectories(out.trajectory, out.times, n_paths=10,
+                                     reference=target.sample(100), title="paths")
+    plane, timeax = fig.axes
+    assert len(plane.lines) == 10 and len(timeax.lines) == 10
+    assert timeax.xaxis_inverted()
+    fig = plotting.plot_trajectories(out.trajectory.flip(0), out.times.flip(0).tolist())
+    assert not fig.axes[1].xaxis_inverted()
+    with pytest.raises(ValueError, match="n_states, batch"):
+        plotting.plot_trajectories(out.samples, out.times)
+    with pytest.raises(ValueError, match="at least 2 coordinates"):
+        plotting.plot_trajectories(out.trajectory[..., :1], out.times)
+    with pytest.raises(ValueError, match="one per state"):
+        plotting.plot_trajectories(out.trajectory, out.times[:-1])
+
+
+# --------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------
+def test_cli_compare_quick(tmp_path, capsys):
+    out = tmp_path / "quick"
+    assert main(["compare", "--quick", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "| imbalanced_2d | vp | heun | 10 | 5 | 10 |" in stdout
+    assert "wrote results.json, results.md" in stdout
+    for name in ("results.json", "results.md", "error_vs_nfe_imbalanced_2d.png",
+                 "sw2_vs_nfe_imbalanced_2d.png", "samples_imbalanced_2d.png"):
+        assert (out / name).stat().st_size > 0
+    records = compare.load(out / "results.json")
+    preset = compare.quick_preset()
+    assert len(records) == len(preset["samplers"]) * len(preset["nfe"])
+    assert {r["sampler"] for r in records} == set(preset["samplers"])
+    assert {r["budget"] for r in records} == {10, 20, 50} and records[0]["n"] == 1000
+    assert (out / "results.md").read_text() in stdout
+
+
+def test_cli_compare_overrides(tmp_path, capsys):
+    out = tmp_path / "small"
+    assert main(["compare", "--quick", "--n", "100", "--nfe", "10", "--samplers", "heun,ddim",
+                 "ddpm", "--out", str(out)]) == 0
+    records = compare.load(out / "results.json")
+    assert [r["sampler"] for r in records] == ["heun", "ddim", "ddpm"]
+    assert {r["budget"] for r in records} == {10} and records[0]["n"] == 100
+
+
+def test_cli_compare_quick_preset_defaults(tmp_path, capsys):
+    assert main(["compare", "--quick", "--threads", "0", "--no-figures", "--progress",
+                 "--memory", "none", "--target", "correlated_gaussian", "--sde", "ou",
+                 "--samplers", "euler_maruyama", "--out", str(tmp_path)]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("| correlated_gaussian | ou | euler_maruyama |") == 3
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize(
+    "argv, code, match",
+    [
+        (["compare", "--target", "nope", "--out", "x"], 2,
+         "unknown target 'nope'; valid names: anisotropic_64d, correlated_gaussian"),
+        (["compare", "--samplers", "heun,foo", "bar", "--out", "x"], 2,
+         "unknown samplers 'foo', 'bar'; valid names: annealed_langevin, ddim"),
+        (["compare", "--nfe", "5,x", "--out", "x"], 2, "argument --nfe: must be a comma"),
+        (["compare", "--nfe", "0", "--out", "x"], 2, "positive integers"),
+        (["compare", "--n", "1", "--out", "x"], 2, "must be an integer >= 2"),
+        (["compare", "--n", "many", "--out", "x"], 2, "must be an integer >= 2"),
+        (["compare", "--sde", "vpp", "--out", "x"], 2, "invalid choice"),
+        (["compare"], 2, "the following arguments are required: --out"),
+        ([], 2, "the following arguments are required: COMMAND"),
+        (["frobnicate"], 2, "invalid choice"),
+    ],
+)
+def test_cli_bad_input(argv, code, match, capsys):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert match in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_runtime_errors(tmp_path, capsys, monkeypatch):
+    file = tmp_path / "file"
+    file.write_text("")
+    assert main(["compare", "--quick", "--out", str(file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+    def boom(**kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(compare, "run_comparison", boom)
+    assert main(["compare", "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err.strip() == "scoresde compare: error: RuntimeError: disk on fire"
+
+    def interrupt(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "run_comparison", interrupt)
+    assert main(["compare", "--out", str(tmp_path / "o")]) == 130
+
+
+def test_cli_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    assert "compare" in capsys.readouterr().out
+    assert main(["compare", "--help"]) == 0
+    assert "--nfe" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("scoresde ")
+
+
+def test_main_module(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["scoresde", "--version"])
+    sys.modules.pop("scoresde.__main__", None)
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module("scoresde", run_name="__main__")
+    assert exc.value.code == 0 and "scoresde" in capsys.readouterr().out
+
+
+def test_python_dash_m_help():
+    proc = subprocess.run([sys.executable, "-m", "scoresde", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: scoresde") and "compare" in proc.stdout
