@@ -9,6 +9,9 @@ Examples
 --------
 .. code-block:: bash
 
+    scoresde train --data my_points.csv --out runs/mine
+    scoresde sample --checkpoint runs/mine/checkpoint.pt --n 2000 --sampler heun --out samples.png
+    scoresde demo --out demo/
     scoresde compare --quick --out results/
     scoresde compare --target imbalanced_2d ring8 --samplers heun ddim --nfe 10,20,50 --out out/
 """
@@ -21,7 +24,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "COMMANDS", "add_compare_parser", "cmd_compare"]
+__all__ = [
+    "main",
+    "build_parser",
+    "COMMANDS",
+    "add_train_parser",
+    "cmd_train",
+    "add_sample_parser",
+    "cmd_sample",
+    "add_demo_parser",
+    "cmd_demo",
+    "add_compare_parser",
+    "cmd_compare",
+]
 
 
 class UsageError(Exception):
@@ -78,6 +93,246 @@ def _check_names(kind: str, given: list[str] | None, valid: Sequence[str]) -> No
         raise UsageError(
             f"unknown {kind}{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"valid names: {', '.join(valid)}")
+
+
+# --------------------------------------------------------------------------------------
+# scoresde train / sample / demo
+# --------------------------------------------------------------------------------------
+#: Defaults of ``scoresde train``: a good model of a 2-D data set in well under 2 minutes on
+#: 2 CPU cores (see benchmarks/bench_training.py for the measured quality).
+TRAIN_DEFAULTS = {"steps": 12_000, "batch_size": 512, "lr": 2e-3, "warmup": 100, "ema_decay": 0.999}
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _check_data(data: str) -> None:
+    import os
+
+    from .data import dataset_names
+
+    if data in dataset_names() or os.path.exists(data):
+        return
+    raise UsageError(
+        f"unknown dataset {data!r} (and no such file); valid names: {', '.join(dataset_names())}"
+    )
+
+
+def add_train_parser(subparsers) -> None:
+    """Register ``scoresde train``."""
+    from .sde import SDE_NAMES
+
+    d = TRAIN_DEFAULTS
+    p = subparsers.add_parser(
+        "train",
+        help="train a score model on a data set by denoising score matching",
+        description=(
+            "Train the default score model of a data set (ScoreMLP for vectors, UNet for digits) "
+            "with denoising score matching; writes OUT/checkpoint.pt (latest) and OUT/loss.csv."
+        ),
+    )
+    p.add_argument("--data", required=True, metavar="NAME|PATH",
+                   help="a data set name or a .npy/.pt/.csv file of shape (n, d)")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output directory")
+    p.add_argument("--sde", choices=SDE_NAMES, default="vp", help="forward SDE (default vp)")
+    p.add_argument("--steps", type=_int_at_least(1), default=d["steps"],
+                   help=f"optimiser steps (default {d['steps']})")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=d["batch_size"],
+                   help=f"batch size (default {d['batch_size']})")
+    p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']:g})")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
+    p.add_argument("--checkpoint-every", type=_int_at_least(0), default=1000,
+                   help="checkpoint period in steps (default 1000; 0: only at the end)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt if present")
+    p.add_argument("--threads", type=_int_at_least(0), default=1,
+                   help="torch CPU threads (default 1: fastest for small models; 0 keeps torch's)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train with :func:`scoresde.training.train_model` and report where the checkpoint went."""
+    from .training import TrainConfig, train_model
+
+    _check_data(args.data)
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    _set_threads(args.threads)
+    d = TRAIN_DEFAULTS
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=d["warmup"],
+                      ema_decay=d["ema_decay"], seed=args.seed, checkpoint_every=args.checkpoint_every)
+    start = time.perf_counter()
+    trainer = train_model(args.data, args.out, sde=args.sde, config=cfg, resume=args.resume,
+                          progress=args.progress)
+    tail = trainer.losses[-100:]
+    print(f"trained {trainer.step} steps in {time.perf_counter() - start:.1f} s; final loss "
+          f"{sum(tail) / max(len(tail), 1):.4g}; checkpoint {trainer.checkpoint_path}")
+    return 0
+
+
+_SAMPLE_SUFFIXES = (".npy", ".pt", ".png")
+
+
+def _write_samples(x, out: Path, reference=None, title: str = "") -> None:
+    """Save samples as .npy, .pt or a .png (scatter of 2-D points, or an image grid)."""
+    import numpy as np
+    import torch
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = out.suffix.lower()
+    if suffix == ".npy":
+        np.save(out, x.detach().cpu().numpy())
+    elif suffix == ".pt":
+        torch.save(x.detach().cpu(), out)
+    else:
+        from .plotting import plot_image_grid, plot_samples
+
+        if x.ndim == 4:
+            fig = plot_image_grid(x[:64])
+        else:
+            fig = plot_samples({title or "samples": x}, reference=reference)
+        fig.savefig(out, dpi=110)
+
+
+def add_sample_parser(subparsers) -> None:
+    """Register ``scoresde sample``."""
+    p = subparsers.add_parser(
+        "sample",
+        help="draw samples from a trained checkpoint",
+        description="Draw samples from the EMA model of a checkpoint written by scoresde train.",
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH")
+    p.add_argument("--n", type=_int_at_least(1), default=1000, help="number of samples (default 1000)")
+    p.add_argument("--sampler", default="heun", metavar="NAME", help="sampler name (default heun)")
+    p.add_argument("--steps", type=_int_at_least(1), default=100, help="steps (default 100)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
+    p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE",
+                   help="output file: .npy, .pt, or .png (scatter or image grid)")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Load the checkpoint's model (weights only), sample, map back to data space, save."""
+    import torch
+
+    from .samplers import names as sampler_names
+    from .samplers import sample
+    from .training import from_model_space, load_model
+
+    _check_names("sampler", [args.sampler], sampler_names())
+    if args.out.suffix.lower() not in _SAMPLE_SUFFIXES:
+        raise UsageError(f"--out must end in one of {', '.join(_SAMPLE_SUFFIXES)}, got {str(args.out)!r}")
+    _set_threads(args.threads)
+    model, spec = load_model(args.checkpoint)
+    shape = (args.n, *spec["event_shape"])
+    start = time.perf_counter()
+    out = sample(model.sde, model, shape, args.sampler, steps=args.steps,
+                 generator=torch.Generator().manual_seed(args.seed))
+    x = from_model_space(out.samples, spec)
+    _write_samples(x, args.out, title=f"{args.sampler} ({out.nfe} NFE)")
+    print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE, "
+          f"{time.perf_counter() - start:.2f} s) written to {args.out}")
+    return 0
+
+
+def add_demo_parser(subparsers) -> None:
+    """Register ``scoresde demo``."""
+    p = subparsers.add_parser(
+        "demo",
+        help="train on a toy 2-D set, sample with every sampler, write a figure and a table",
+        description=(
+            "Train the default model on a toy 2-D data set, sample it with every sampler, and "
+            "write OUT/demo.png (samples per sampler beside the data), OUT/demo.md and "
+            "OUT/demo.json (sampler, NFE, wall time, SW2, MMD)."
+        ),
+    )
+    p.add_argument("--out", type=Path, default=Path("demo_out"), metavar="DIR",
+                   help="output directory (default demo_out)")
+    p.add_argument("--data", default="ring8", metavar="NAME", help="2-D data set (default ring8)")
+    p.add_argument("--steps", type=_int_at_least(1), default=TRAIN_DEFAULTS["steps"],
+                   help=f"training steps (default {TRAIN_DEFAULTS['steps']})")
+    p.add_argument("--n", type=_int_at_least(2), default=2000, help="samples per sampler (default 2000)")
+    p.add_argument("--sample-steps", type=_int_at_least(1), default=100,
+                   help="steps of every fixed-step sampler (default 100)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
+    p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train, sample with every sampler, score against fresh data, write figure and tables."""
+    import json
+
+    import torch
+
+    from . import metrics
+    from .data import dataset_sampler
+    from .plotting import plot_samples
+    from .samplers import names as sampler_names
+    from .samplers import sample
+    from .training import TrainConfig, from_model_space, load_model, train_model
+
+    try:
+        draw = dataset_sampler(args.data)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _set_threads(args.threads)
+    d = TRAIN_DEFAULTS
+    cfg = TrainConfig(steps=args.steps, batch_size=d["batch_size"], lr=d["lr"], warmup=d["warmup"],
+                      ema_decay=d["ema_decay"], seed=args.seed, checkpoint_every=0)
+    start = time.perf_counter()
+    trainer = train_model(args.data, args.out / "run", config=cfg, progress=args.progress)
+    train_s = time.perf_counter() - start
+    print(f"trained {trainer.step} steps on {args.data} in {train_s:.1f} s")
+    model, spec = load_model(trainer.checkpoint_path)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    data, fresh = draw(args.n, generator=gen), draw(args.n, generator=gen)
+    rows = [{"sampler": "data (fresh sample)", "nfe": 0, "seconds": 0.0,
+             "sw2": float(metrics.sliced_wasserstein(fresh, data, generator=gen)),
+             "mmd": float(metrics.mmd(fresh, data))}]
+    samples = {}
+    for name in sampler_names():
+        t0 = time.perf_counter()
+        try:
+            out = sample(model.sde, model, (args.n, *spec["event_shape"]), name,
+                         steps=args.sample_steps, generator=torch.Generator().manual_seed(args.seed))
+        except (ValueError, RuntimeError, FloatingPointError) as err:  # report, keep going
+            rows.append({"sampler": name, "nfe": None, "seconds": None, "sw2": None, "mmd": None,
+                         "error": f"{type(err).__name__}: {err}"})
+            continue
+        x = from_model_space(out.samples, spec)
+        samples[f"{name} ({out.nfe} NFE)"] = x
+        rows.append({"sampler": name, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
+                     "sw2": float(metrics.sliced_wasserstein(x, data, generator=gen)),
+                     "mmd": float(metrics.mmd(x, data))})
+        print(f"  {name:<18} {out.nfe:>5} NFE  sw2 {rows[-1]['sw2']:.4f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    fig = plot_samples(samples, reference=data, ncols=4, title=f"{args.data}: samples per sampler")
+    fig.savefig(args.out / "demo.png", dpi=90)
+    lines = ["| sampler | NFE | wall time (s) | SW2 | MMD |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["nfe"] is None:
+            lines.append(f"| {r['sampler']} | – | – | {r['error']} | |")
+        else:
+            lines.append(f"| {r['sampler']} | {r['nfe']} | {r['seconds']:.2f} | {r['sw2']:.4f} | "
+                         f"{r['mmd']:.4f} |")
+    table = "\n".join(lines)
+    (args.out / "demo.md").write_text(
+        f"# scoresde demo: {args.data}, {trainer.step} training steps ({train_s:.0f} s)\n\n"
+        f"SW2 and MMD against a fresh sample of the data; the first row is the noise floor.\n\n"
+        f"{table}\n", encoding="utf-8")
+    (args.out / "demo.json").write_text(
+        json.dumps({"data": args.data, "train_steps": trainer.step, "train_seconds": train_s,
+                    "n": args.n, "rows": rows}, indent=2), encoding="utf-8")
+    print(table)
+    print(f"wrote demo.png, demo.md, demo.json to {args.out} in {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 # --------------------------------------------------------------------------------------
@@ -156,7 +411,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 #: Functions that register one subcommand each (``add_<name>_parser(subparsers)``).
-COMMANDS = (add_compare_parser,)
+COMMANDS = (add_train_parser, add_sample_parser, add_demo_parser, add_compare_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

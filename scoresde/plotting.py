@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from ._checks import check_int, check_positive
 
-__all__ = ["plot_error_vs_nfe", "plot_samples", "plot_trajectories"]
+__all__ = ["plot_error_vs_nfe", "plot_samples", "plot_trajectories", "plot_image_grid"]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")
 
@@ -273,6 +273,41 @@ def plot_trajectories(trajectory, times, *, n_paths: int = 50, reference=None,
     if ts[0] > ts[-1]:
         ax_time.invert_xaxis()
     ax_time.set_title("first coordinate against time", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_image_grid(images, ncols: int = 8, *, value_range: tuple[float, float] = (-1.0, 1.0),
+                    size: float = 0.9, title: str | None = None) -> Figure:
+    """A grid of images ``(n, C, H, W)`` (one or three channels), e.g. sampled digits.
+
+    Pixel values are clipped to ``value_range`` (``[-1, 1]`` for the package's image data) and
+    shown in grey for one channel, as RGB for three.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    a = _as_numpy("images", images)
+    if a.ndim != 4 or a.shape[0] < 1 or a.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (n, C, H, W) with C in (1, 3), got {a.shape}")
+    ncols = min(check_int("ncols", ncols), a.shape[0])
+    size = check_positive("size", size)
+    lo, hi = (float(v) for v in value_range)
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}")
+    a = (np.clip(np.nan_to_num(a, nan=lo), lo, hi) - lo) / (hi - lo)
+    nrows = math.ceil(a.shape[0] / ncols)
+    fig = _figure(size * ncols, size * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, img in zip(axes, a, strict=False):
+        if img.shape[0] == 1:
+            ax.imshow(img[0], cmap="gray", vmin=0.0, vmax=1.0)
+        else:
+            ax.imshow(np.transpose(img, (1, 2, 0)))
+    for ax in axes:
+        ax.set_axis_off()
     if title:
         fig.suptitle(title)
     return fig

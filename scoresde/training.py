@@ -54,6 +54,12 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "warmup_factor",
+    "model_spec",
+    "build_model",
+    "load_model",
+    "train_model",
+    "to_model_space",
+    "from_model_space",
     "main",
 ]
 
@@ -421,6 +427,9 @@ class Trainer:
         Where ``checkpoint.pt`` and ``loss.csv`` go (rank 0 only); None writes nothing.
     progress : bool
         Show a tqdm bar with the current loss (rank 0 only).
+    metadata : dict, optional
+        Plain values stored in every checkpoint under ``"metadata"`` (e.g. the
+        :func:`model_spec` that :func:`load_model` rebuilds the network from).
 
     Attributes
     ----------
@@ -457,6 +466,7 @@ class Trainer:
         out_dir: str | os.PathLike | None = None,
         *,
         progress: bool = True,
+        metadata: dict | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -474,6 +484,9 @@ class Trainer:
         self.device = params[0].device
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
         self.progress = bool(progress)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict of plain values, got {type(metadata).__name__}")
+        self.metadata = dict(metadata or {})
         self.step = 0
         self.losses: list[float] = []
         self.last_grad_norm: float | None = None
@@ -713,6 +726,7 @@ class Trainer:
             "losses": torch.tensor(self.losses, dtype=torch.float64),
             "world_size": self.world_size,
             "torch_version": str(torch.__version__),
+            "metadata": self.metadata,
         }
 
     def save(self, path: str | os.PathLike | None = None) -> str | None:
@@ -836,10 +850,176 @@ class Trainer:
 # --------------------------------------------------------------------------------------
 # command line / torchrun entry point
 # --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
+# recipes: the score model a data set gets, trained and rebuilt from its checkpoint
+# --------------------------------------------------------------------------------------
+def model_spec(
+    data: torch.Tensor,
+    sde: str = "vp",
+    *,
+    parameterization: str = "eps",
+    hidden: int = 128,
+    n_blocks: int = 3,
+    base_channels: int = 32,
+) -> dict:
+    """A plain-dict description of the score model for data shaped like ``data``.
+
+    Vector data ``(n, d)`` get a :class:`~scoresde.nets.ScoreMLP` and are standardised per
+    coordinate (``shift`` = mean, ``scale`` = standard deviation of ``data``), so a user's
+    file of any scale meets the unit-scale prior; images ``(n, C, H, W)`` (already in
+    ``[-1, 1]``) get a :class:`~scoresde.nets.UNet` and no rescaling. Stored in checkpoints
+    as ``metadata["model"]``; :func:`build_model` and :func:`load_model` read it back.
+    """
+    from .sde import SDE_NAMES
+
+    if not isinstance(data, torch.Tensor) or data.ndim not in (2, 4) or data.shape[0] < 2:
+        got = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
+        raise ValueError(f"data must be vectors (n, d) or images (n, C, H, W) with n >= 2, got {got}")
+    if sde not in SDE_NAMES:
+        raise ValueError(f"sde must be one of {', '.join(SDE_NAMES)}, got {sde!r}")
+    event = list(data.shape[1:])
+    if data.ndim == 2:
+        flat = data.double()
+        shift, scale = flat.mean(0).tolist(), flat.std(0).clamp_min(1e-6).tolist()
+        kind = "mlp"
+    else:
+        shift, scale, kind = [0.0], [1.0], "unet"
+    return {
+        "kind": kind,
+        "event_shape": event,
+        "sde": sde,
+        "parameterization": parameterization,
+        "hidden": check_int("hidden", hidden),
+        "n_blocks": check_int("n_blocks", n_blocks, minimum=0),
+        "base_channels": check_int("base_channels", base_channels),
+        "shift": shift,
+        "scale": scale,
+    }
+
+
+def _affine(spec: dict, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shift = torch.tensor(spec["shift"], dtype=like.dtype, device=like.device)
+    scale = torch.tensor(spec["scale"], dtype=like.dtype, device=like.device)
+    if spec["kind"] == "unet":
+        return shift.reshape(1), scale.reshape(1)
+    return shift, scale
+
+
+def to_model_space(x: torch.Tensor, spec: dict) -> torch.Tensor:
+    """Map data to the space the model is trained in: ``(x − shift) / scale``."""
+    shift, scale = _affine(spec, x)
+    return (x - shift) / scale
+
+
+def from_model_space(x: torch.Tensor, spec: dict) -> torch.Tensor:
+    """Map model samples back to data space: ``x · scale + shift``."""
+    shift, scale = _affine(spec, x)
+    return x * scale + shift
+
+
+def build_model(spec: dict, generator: torch.Generator | None = None) -> nn.Module:
+    """The :class:`~scoresde.nets.ScoreModel` described by ``spec`` (see :func:`model_spec`)."""
+    from .nets import ScoreMLP, ScoreModel, UNet
+    from .sde import make_sde
+
+    try:
+        if spec["kind"] == "mlp":
+            net = ScoreMLP(spec["event_shape"][0], hidden=spec["hidden"], n_blocks=spec["n_blocks"],
+                           generator=generator)
+        elif spec["kind"] == "unet":
+            net = UNet(spec["event_shape"][0], base_channels=spec["base_channels"], generator=generator)
+        else:
+            raise ValueError(f"unknown model kind {spec['kind']!r}")
+        return ScoreModel(net, make_sde(spec["sde"]), parameterization=spec["parameterization"])
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"spec is not a model spec ({type(err).__name__}: {err})") from None
+
+
+def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[nn.Module, dict]:
+    """Rebuild the trained score model of a checkpoint written with a model spec.
+
+    Returns the :class:`~scoresde.nets.ScoreModel` (its EMA weights by default, the ones to
+    sample with) in evaluation mode, and the spec (for :func:`from_model_space`).
+
+    Raises
+    ------
+    CheckpointError
+        If the file is unusable (see :func:`load_checkpoint`), carries no model spec, or its
+        weights do not fit the spec.
+    """
+    ckpt = load_checkpoint(path)
+    spec = (ckpt.get("metadata") or {}).get("model")
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r}: no model spec in its metadata")
+    try:
+        model = build_model(spec)
+        weights = ckpt["ema"]["module"] if ema else ckpt["model"]
+        model.load_state_dict(weights)
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        raise CheckpointError(
+            f"checkpoint {os.fspath(path)!r}: weights do not fit its model spec "
+            f"({type(err).__name__}: {_one_line(err)})"
+        ) from None
+    return model.eval(), spec
+
+
+def train_model(
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    sde: str = "vp",
+    config: TrainConfig | None = None,
+    hidden: int = 128,
+    resume: bool = False,
+    progress: bool = True,
+    device: torch.device | str = "cpu",
+) -> Trainer:
+    """Train the default score model of a data set (the recipe behind ``scoresde train``).
+
+    ``data`` is a name of :func:`~scoresde.data.dataset_names` or a file path. Generated sets
+    give fresh samples every batch; fixed sets (digits, files) are shuffled epochs. The model
+    (:func:`model_spec`, standardised data) trains with denoising score matching under the
+    named SDE; ``out_dir/checkpoint.pt`` holds the spec, so :func:`load_model` rebuilds it.
+    With ``resume=True`` an existing checkpoint is continued. Returns the closed trainer.
+    """
+    config = config or TrainConfig()
+    try:
+        sampler = dataset_sampler(data) if isinstance(data, str) else None
+    except ValueError:
+        sampler = None
+    if sampler is not None:  # a generated set: statistics from a fixed draw, fresh batches
+        probe = sampler(DEFAULT_STATS_N, generator=torch.Generator().manual_seed(0))
+    else:  # a fixed set (digits, a file): statistics of all of it, shuffled epochs
+        probe = get_dataset(data)
+    spec = model_spec(probe, sde, hidden=hidden)
+    init = torch.Generator().manual_seed(config.seed)  # same initial weights on every rank
+    model = build_model(spec, generator=init).to(device)
+    if sampler is not None:
+        def stream(n, generator=None):
+            return to_model_space(sampler(n, generator=generator), spec)
+    else:
+        stream = to_model_space(probe, spec)
+    trainer = Trainer(model, stream, config, sde=model.sde, out_dir=out_dir, progress=progress,
+                      metadata={"model": spec, "data": os.fspath(data)})
+    try:
+        if resume and os.path.exists(trainer.checkpoint_path):
+            trainer.resume()
+        trainer.train()
+        if trainer.step == 0 or config.checkpoint_every == 0 or trainer.step % config.checkpoint_every:
+            trainer.save()
+    finally:
+        trainer.close()
+    return trainer
+
+
+#: Points drawn to compute the standardisation of a data set in :func:`train_model`.
+DEFAULT_STATS_N = 10_000
+
+
 def _parse(argv):
     p = argparse.ArgumentParser(
         prog="python -m scoresde.training",
-        description="Train a ScoreMLP on a 2-D/vector data set with DSM (works under torchrun).",
+        description="Train the default score model of a data set with DSM (works under torchrun).",
     )
     p.add_argument(
         "--data", required=True, help=f"a name ({', '.join(dataset_names())}) or a file path"
@@ -865,9 +1045,6 @@ def _parse(argv):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m scoresde.training`` (also under ``torchrun``)."""
     args = _parse(argv)
-    from . import sde as sde_mod
-    from .nets import ScoreMLP, ScoreModel
-
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if args.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -877,16 +1054,6 @@ def main(argv: list[str] | None = None) -> int:
             device = torch.device("cuda", local_rank)
     if device.type == "cuda":  # pragma: no cover - no GPU in the test suite
         torch.cuda.set_device(device)
-    sde = {"vp": sde_mod.VPSDE, "subvp": sde_mod.SubVPSDE, "ve": sde_mod.VESDE}[args.sde]()
-    probe = get_dataset(args.data, n=2, generator=torch.Generator().manual_seed(0))
-    if probe.ndim != 2:
-        raise SystemExit(
-            "--data must be vector data (n, d) for ScoreMLP, got event shape "
-            f"{tuple(probe.shape[1:])}"
-        )
-    init = torch.Generator().manual_seed(args.seed)  # same initial weights on every rank
-    net = ScoreMLP(probe.shape[1], hidden=args.hidden, generator=init)
-    model = ScoreModel(net, sde).to(device)
     cfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -896,17 +1063,10 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )
-    trainer = Trainer(
-        model, args.data, cfg, sde=sde, out_dir=args.out, progress=not args.no_progress
-    )
-    try:
-        if args.resume and os.path.exists(trainer.checkpoint_path):
-            trainer.resume()
-        losses = trainer.train()
-        if trainer.is_main and losses:
-            print(f"step {trainer.step}: loss {losses[-1]:.5g}; saved {trainer.checkpoint_path}")
-    finally:
-        trainer.close()
+    trainer = train_model(args.data, args.out, sde=args.sde, config=cfg, hidden=args.hidden,
+                          resume=args.resume, progress=not args.no_progress, device=device)
+    if trainer.is_main and trainer.losses:
+        print(f"step {trainer.step}: loss {trainer.losses[-1]:.5g}; saved {trainer.checkpoint_path}")
     return 0
 
 

@@ -1,0 +1,193 @@
+"""The scoresde command: train → sample end to end with tiny settings, demo, and every bad input."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde.cli import main
+from scoresde.training import TrainConfig, Trainer, load_model, model_spec
+
+TINY = ["--steps", "30", "--batch-size", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", "ring8", "--out", str(run), *TINY]) == 0
+    return run / "checkpoint.pt"
+
+
+def _one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for f in fragments:
+        assert f in err, err
+    return err
+
+
+def test_train_writes_checkpoint_and_loss_log(trained):
+    ckpt = torch.load(trained, weights_only=True)
+    assert ckpt["step"] == 30
+    assert ckpt["metadata"]["model"]["kind"] == "mlp"
+    assert (trained.parent / "loss.csv").read_text().startswith("step,loss")
+    model, spec = load_model(trained)
+    assert isinstance(model, sd.ScoreModel) and spec["event_shape"] == [2]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt", ".png"])
+def test_sample_writes_every_format(trained, tmp_path, suffix, capsys):
+    out = tmp_path / f"s{suffix}"
+    assert main(["sample", "--checkpoint", str(trained), "--n", "50", "--sampler", "ddim",
+                 "--steps", "5", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    assert "50 samples with ddim (5 NFE" in capsys.readouterr().out
+    if suffix == ".npy":
+        assert np.load(out).shape == (50, 2)
+    elif suffix == ".pt":
+        assert torch.load(out, weights_only=True).shape == (50, 2)
+
+
+def test_sample_is_reproducible_and_in_data_space(trained, tmp_path):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    for f in (a, b):
+        main(["sample", "--checkpoint", str(trained), "--n", "400", "--steps", "20", "--seed", "3",
+              "--out", str(f)])
+    x = np.load(a)
+    assert np.array_equal(x, np.load(b))
+    # the command samples the EMA model in its standardised space and maps back to data space
+    model, spec = load_model(trained)
+    out = sd.sample(model.sde, model, (400, 2), "heun", steps=20, generator=torch.Generator().manual_seed(3))
+    expected = out.samples * torch.tensor(spec["scale"]) + torch.tensor(spec["shift"])
+    np.testing.assert_allclose(x, expected.numpy(), rtol=1e-6)
+
+
+def test_user_csv_file_trains_and_resumes(tmp_path):
+    pts = sd.imbalanced_2d().sample(500, generator=torch.Generator().manual_seed(0)) * 100 + 50
+    f = tmp_path / "points.csv"
+    np.savetxt(f, pts.numpy(), delimiter=",", header="x,y", comments="")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(f), "--out", str(run), "--steps", "10", "--batch-size", "32",
+                 "--no-progress"]) == 0
+    _, spec = load_model(run / "checkpoint.pt")
+    assert spec["shift"][0] == pytest.approx(float(pts[:, 0].mean()), rel=1e-4)  # standardised
+    assert main(["train", "--data", str(f), "--out", str(run), "--steps", "25", "--batch-size", "32",
+                 "--no-progress", "--resume"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 25
+
+
+def test_digits_train_and_image_grid(tmp_path):
+    pytest.importorskip("sklearn")
+    run = tmp_path / "digits"
+    assert main(["train", "--data", "digits", "--out", str(run), "--steps", "2", "--batch-size", "8",
+                 "--no-progress"]) == 0
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--n", "4", "--steps", "2",
+                 "--sampler", "euler_ode", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+
+
+def test_demo_writes_figure_and_tables(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "20", "--n", "100", "--sample-steps", "30",
+                 "--no-progress"]) == 0
+    report = json.loads((out / "demo.json").read_text())
+    rows = {r["sampler"]: r for r in report["rows"]}
+    assert set(sd.samplers.names()) <= set(rows)
+    assert rows["data (fresh sample)"]["nfe"] == 0
+    for name in sd.samplers.names():
+        assert rows[name]["nfe"] is None or rows[name]["nfe"] > 0
+    assert (out / "demo.png").stat().st_size > 0
+    assert "| sampler | NFE | wall time (s) | SW2 | MMD |" in (out / "demo.md").read_text()
+
+
+def test_training_module_entry_point_writes_a_loadable_model(tmp_path):
+    from scoresde.training import main as train_main
+
+    assert train_main(["--data", "moons", "--out", str(tmp_path), "--steps", "5", "--batch-size", "16",
+                       "--no-progress", "--device", "cpu"]) == 0
+    model, spec = load_model(tmp_path / "checkpoint.pt")
+    assert spec["event_shape"] == [2]
+
+
+@pytest.mark.parametrize(
+    "argv,fragments",
+    [
+        (["train", "--data", "nosuchset", "--out", "x"], ["unknown dataset 'nosuchset'", "valid names:", "moons"]),
+        (["train", "--data", "ring8", "--out", "x", "--lr", "-1"], ["--lr must be > 0"]),
+        (["demo", "--data", "digits"], ["name must be a generated data set"]),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(argv, fragments, capsys):
+    assert main(argv) == 2
+    _one_line_error(capsys, *fragments)
+
+
+def test_unknown_sampler_lists_valid_ones(trained, tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(trained), "--sampler", "leapfrog",
+                 "--out", str(tmp_path / "a.npy")]) == 2
+    _one_line_error(capsys, "unknown sampler 'leapfrog'", "euler_maruyama")
+    assert main(["sample", "--checkpoint", str(trained), "--out", str(tmp_path / "a.txt")]) == 2
+    _one_line_error(capsys, "--out must end in one of")
+
+
+def test_wrong_dimension_file_says_the_expected_shape(tmp_path, capsys):
+    f = tmp_path / "cube.npy"
+    np.save(f, np.zeros((10, 2, 2)))
+    assert main(["train", "--data", str(f), "--out", str(tmp_path / "r"), *TINY]) == 1
+    _one_line_error(capsys, "expected shape (n, d)")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _bad_checkpoints(tmp_path, trained):
+    marker = tmp_path / "pwned"
+    code = tmp_path / "code.pt"
+    with open(code, "wb") as fh:
+        pickle.dump({"format": "scoresde.trainer", "x": _Payload(str(marker))}, fh, protocol=2)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(trained.read_bytes()[:200])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    # a valid trainer checkpoint without a model spec (a custom model's run)
+    plain = tmp_path / "plain.pt"
+    tr = Trainer(torch.nn.Linear(2, 2), "ring8", TrainConfig(steps=1, batch_size=4),
+                 loss_fn=lambda m, b, g: m(b).square().mean(), progress=False)
+    tr.train()
+    tr.save(plain)
+    return marker, {
+        "missing": (tmp_path / "nope.pt", "does not exist"),
+        "truncated": (truncated, "truncated or corrupt"),
+        "foreign": (foreign, "not a scoresde trainer checkpoint"),
+        "code": (code, "refused by the safe loader"),
+        "no spec": (plain, "no model spec"),
+    }
+
+
+def test_bad_checkpoints_are_refused_in_one_line(trained, tmp_path, capsys):
+    marker, cases = _bad_checkpoints(tmp_path, trained)
+    for path, fragment in cases.values():
+        assert main(["sample", "--checkpoint", str(path), "--out", str(tmp_path / "o.npy")]) == 1
+        _one_line_error(capsys, fragment)
+    assert not marker.exists()  # the pickle's code never ran
+
+
+def test_model_spec_validation():
+    with pytest.raises(ValueError, match="data must be vectors"):
+        model_spec(torch.zeros(5, 2, 2))
+    with pytest.raises(ValueError, match="sde must be one of"):
+        model_spec(torch.zeros(5, 2), sde="xx")
+    with pytest.raises(ValueError, match="spec is not a model spec"):
+        sd.training.build_model({"kind": "mlp"})
+    with pytest.raises(ValueError, match="unknown model kind"):
+        sd.training.build_model({**model_spec(torch.randn(5, 2)), "kind": "transformer"})
