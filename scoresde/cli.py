@@ -28,6 +28,8 @@ __all__ = [
     "main",
     "build_parser",
     "COMMANDS",
+    "TRAIN_DEFAULTS",
+    "train_config",
     "add_train_parser",
     "cmd_train",
     "add_sample_parser",
@@ -103,6 +105,18 @@ def _check_names(kind: str, given: list[str] | None, valid: Sequence[str]) -> No
 TRAIN_DEFAULTS = {"steps": 12_000, "batch_size": 512, "lr": 2e-3, "warmup": 100, "ema_decay": 0.999}
 
 
+def train_config(steps: int = TRAIN_DEFAULTS["steps"], *, seed: int = 0, checkpoint_every: int = 0,
+                 batch_size: int | None = None, lr: float | None = None):
+    """The :class:`~scoresde.training.TrainConfig` of ``scoresde train``: :data:`TRAIN_DEFAULTS`
+    with a cosine decay of the learning rate over the steps after the warm-up."""
+    from .training import TrainConfig
+
+    d = TRAIN_DEFAULTS
+    return TrainConfig(steps=steps, batch_size=batch_size or d["batch_size"], lr=lr or d["lr"],
+                       warmup=d["warmup"], decay_steps=max(steps - d["warmup"], 1),
+                       ema_decay=d["ema_decay"], seed=seed, checkpoint_every=checkpoint_every)
+
+
 def _set_threads(threads: int) -> None:
     if threads:
         import torch
@@ -156,15 +170,14 @@ def add_train_parser(subparsers) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train with :func:`scoresde.training.train_model` and report where the checkpoint went."""
-    from .training import TrainConfig, train_model
+    from .training import train_model
 
     _check_data(args.data)
     if not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
     _set_threads(args.threads)
-    d = TRAIN_DEFAULTS
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=d["warmup"],
-                      ema_decay=d["ema_decay"], seed=args.seed, checkpoint_every=args.checkpoint_every)
+    cfg = train_config(args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                       batch_size=args.batch_size, lr=args.lr)
     start = time.perf_counter()
     trainer = train_model(args.data, args.out, sde=args.sde, config=cfg, resume=args.resume,
                           progress=args.progress)
@@ -276,16 +289,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .plotting import plot_samples
     from .samplers import names as sampler_names
     from .samplers import sample
-    from .training import TrainConfig, from_model_space, load_model, train_model
+    from .training import from_model_space, load_model, train_model
 
     try:
         draw = dataset_sampler(args.data)
     except ValueError as err:
         raise UsageError(str(err)) from None
     _set_threads(args.threads)
-    d = TRAIN_DEFAULTS
-    cfg = TrainConfig(steps=args.steps, batch_size=d["batch_size"], lr=d["lr"], warmup=d["warmup"],
-                      ema_decay=d["ema_decay"], seed=args.seed, checkpoint_every=0)
+    cfg = train_config(args.steps, seed=args.seed)
     start = time.perf_counter()
     trainer = train_model(args.data, args.out / "run", config=cfg, progress=args.progress)
     train_s = time.perf_counter() - start

@@ -31,6 +31,7 @@ import copy
 import csv
 import dataclasses
 import hashlib
+import math
 import os
 import pickle
 import sys
@@ -54,6 +55,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "warmup_factor",
+    "lr_factor",
     "model_spec",
     "build_model",
     "load_model",
@@ -103,6 +105,10 @@ class TrainConfig:
         Decoupled weight decay of AdamW.
     warmup : int
         Linear warm-up length in updates (0: none); see :func:`warmup_factor`.
+    decay_steps : int
+        Cosine learning-rate decay to 0 over this many updates after the warm-up (0: constant
+        after the warm-up); see :func:`lr_factor`. Part of the run's identity: a resumed run
+        keeps it, and updates beyond it use a learning rate of 0.
     grad_clip : float or None
         Maximal global gradient norm; ``None`` or ``0`` disables clipping.
     ema_decay : float
@@ -128,6 +134,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup: int = 0
+    decay_steps: int = 0
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     seed: int = 0
@@ -140,6 +147,7 @@ class TrainConfig:
         check_positive("lr", self.lr)
         check_positive("weight_decay", self.weight_decay, strict=False)
         check_int("warmup", self.warmup, minimum=0)
+        check_int("decay_steps", self.decay_steps, minimum=0)
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip, strict=False)
         d = check_positive("ema_decay", self.ema_decay, strict=False)
@@ -166,7 +174,9 @@ class TrainConfig:
 
 
 # fields that must agree between a checkpoint and the trainer resuming from it
-_RUN_IDENTITY = ("batch_size", "lr", "weight_decay", "warmup", "grad_clip", "ema_decay", "seed")
+_RUN_IDENTITY = (
+    "batch_size", "lr", "weight_decay", "warmup", "decay_steps", "grad_clip", "ema_decay", "seed"
+)
 
 
 def warmup_factor(step: int, warmup: int) -> float:
@@ -181,6 +191,25 @@ def warmup_factor(step: int, warmup: int) -> float:
     if warmup <= 0:
         return 1.0
     return min(1.0, (step + 1) / warmup)
+
+
+def lr_factor(step: int, warmup: int, decay_steps: int = 0) -> float:
+    r"""Learning-rate multiplier of the ``step``-th update: warm-up, then optional cosine decay.
+
+    :math:`\min(1, (i+1)/W)` during the warm-up; then, with ``decay_steps = D > 0``,
+    :math:`\tfrac12(1 + \cos(\pi \min(j, D)/D))` for the ``j``-th update after the warm-up
+    (Loshchilov & Hutter 2017, without restarts), reaching 0 at ``j = D``.
+
+    Examples
+    --------
+    >>> from scoresde.training import lr_factor
+    >>> [round(lr_factor(i, 2, 4), 3) for i in range(7)]
+    [0.5, 1.0, 1.0, 0.854, 0.5, 0.146, 0.0]
+    """
+    if step < warmup or decay_steps <= 0:
+        return warmup_factor(step, warmup)
+    j = min(step - warmup, decay_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * j / decay_steps))
 
 
 # --------------------------------------------------------------------------------------
@@ -574,7 +603,7 @@ class Trainer:
     def learning_rate(self, step: int | None = None) -> float:
         """Learning rate of the ``step``-th update (default: the next one)."""
         step = self.step if step is None else step
-        return self.config.lr * warmup_factor(step, self.config.warmup)
+        return self.config.lr * lr_factor(step, self.config.warmup, self.config.decay_steps)
 
     # -- one update -----------------------------------------------------------------------
     def _update(self) -> float:
@@ -717,8 +746,9 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": {
-                "kind": "linear_warmup",
+                "kind": "linear_warmup_cosine" if self.config.decay_steps else "linear_warmup",
                 "warmup": self.config.warmup,
+                "decay_steps": self.config.decay_steps,
                 "lr": self.config.lr,
             },
             "config": self.config.to_dict(),

@@ -504,9 +504,10 @@ def test_main_entry_point(tmp_path, capsys):
     assert T.main([*args, "--resume", "--sde", "vp"]) == 0
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 6
-    with pytest.raises(SystemExit, match="vector data"):
-        T.main(["--data", "digits", "--steps", "1", "--out", str(tmp_path / "d"),
-                "--device", "cpu"])
+    # images get the U-Net of the model spec
+    assert T.main(["--data", "digits", "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "d"),
+                   "--device", "cpu", "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "d" / "checkpoint.pt")["metadata"]["model"]["kind"] == "unet"
 
 
 def test_cli_module_runs(tmp_path):
