@@ -240,7 +240,7 @@ def log_likelihood(
         ``score_fn(x, t) -> tensor like x``, differentiable in ``x`` (it is called with
         ``x.requires_grad``; do not detach). Samples must be treated independently (no
         batch statistics): the divergence is taken through a batched call.
-    x : Tensor, shape (batch, *event)
+    x : Tensor, shape ``(batch, *event)``
         Points at which to evaluate the density, finite; ``d = prod(event)``.
     trace : {"exact", "hutchinson"}
         ``exact``: :math:`\nabla\cdot\tilde f = \sum_i \partial\tilde f_i/\partial x_i` from
@@ -445,7 +445,7 @@ def bits_per_dim(
     ----------
     sde, score_fn
         As for :func:`log_likelihood`.
-    x : Tensor, shape (batch, *event)
+    x : Tensor, shape ``(batch, *event)``
         The discrete data, scaled to ``data_range``.
     n_bins : int
         Number of levels per coordinate (>= 2), 256 for 8-bit data.

@@ -405,8 +405,11 @@ class VPSDE(_LinearBetaSDE):
         N = check_int("N", N, minimum=2)
         i = torch.arange(N, dtype=torch.float64)
         betas = self.beta_min / N + i * (self.beta_max - self.beta_min) / (N * (N - 1))
-        if float(betas.max()) >= 1.0:
-            raise ValueError(f"N={N} is too small: beta_max/N must be < 1, got betas up to {float(betas.max()):.3g}")
+        if float(betas.max()) > 0.999:  # Nichol & Dhariwal's bound; β → 1 makes 1/√α_i blow up
+            raise ValueError(
+                f"N={N} is too small: the largest beta_i ≈ beta_max/N must be <= 0.999, got "
+                f"{float(betas.max()):.6g}"
+            )
         return DiscreteSchedule(betas=betas, times=(i + 1) * self.T / N)
 
 
@@ -541,16 +544,16 @@ class CosineVPSDE(LinearSDE):
 class DiscreteSchedule:
     r"""A discrete diffusion chain :math:`q(x_i \mid x_{i-1}) = \mathcal N(\sqrt{\alpha_i} x_{i-1}, \beta_i I)`.
 
+    Derived: ``alphas`` :math:`= 1 - \beta`, ``alphas_cumprod`` :math:`\bar\alpha_i = \prod_{j \le i}\alpha_j`,
+    ``alphas_cumprod_prev`` (:math:`\bar\alpha_0 = 1`), and ``posterior_variance``
+    :math:`\tilde\beta_i = \beta_i(1 - \bar\alpha_{i-1})/(1 - \bar\alpha_i)` (Ho et al. 2020, eq. 7).
+
     Attributes
     ----------
     betas : Tensor
         :math:`\beta_1..\beta_N` (float64), each in ``(0, 1)``.
     times : Tensor
         The continuous time :math:`t_i` each step corresponds to (``i T / N``).
-
-    Derived: ``alphas`` :math:`= 1 - \beta`, ``alphas_cumprod`` :math:`\bar\alpha_i = \prod_{j \le i}\alpha_j`,
-    ``alphas_cumprod_prev`` (:math:`\bar\alpha_0 = 1`), and ``posterior_variance``
-    :math:`\tilde\beta_i = \beta_i(1 - \bar\alpha_{i-1})/(1 - \bar\alpha_i)` (Ho et al. 2020, eq. 7).
     """
 
     betas: torch.Tensor
