@@ -116,7 +116,7 @@ def test_x_init_and_sampler_objects():
 @pytest.mark.parametrize(
     "kwargs,exc,match",
     [
-        ({"sampler": "leapfrog"}, ValueError, "unknown sampler 'leapfrog'; valid names: annealed_langevin"),
+        ({"sampler": "leapfrog"}, ValueError, r"unknown sampler 'leapfrog'; valid names: .*annealed_langevin, ddim"),
         ({"sampler": 3}, TypeError, "sampler must be"),
         ({"sampler": sd.samplers.Heun(), "euler_last": True}, TypeError, "options"),
         ({"steps": 0}, ValueError, "steps"),

@@ -4,8 +4,10 @@ Every sampler is a class with a :meth:`~scoresde.samplers.Sampler.run` method an
 :data:`SAMPLERS`, a plain ``name -> class`` table; :func:`scoresde.sample` accepts either.
 """
 
+from .adaptive import AdaptiveODE, AdaptiveSDE
 from .base import GRIDS, NonFiniteError, Sampler, SampleResult, sample, time_grid, tweedie_denoise
 from .discrete import DDIM, DDPM, EpsilonScore
+from .dpm_solver import DPMSolver, DPMSolverPlusPlus, UniPC
 from .ode import EulerODE, Heun
 from .pc import AnnealedLangevin, LangevinCorrector, PredictorCorrector, ReverseDiffusion
 from .scipy_ode import ProbabilityFlowODE
@@ -24,6 +26,11 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "ddim": DDIM,
     "ode": ProbabilityFlowODE,
     "torchsde": TorchSDE,
+    "dpm_solver": DPMSolver,
+    "dpm_solver_pp": DPMSolverPlusPlus,
+    "adaptive_sde": AdaptiveSDE,
+    "adaptive_ode": AdaptiveODE,
+    "unipc": UniPC,
 }
 
 
@@ -54,4 +61,9 @@ __all__ = [
     "EpsilonScore",
     "ProbabilityFlowODE",
     "TorchSDE",
+    "DPMSolver",
+    "DPMSolverPlusPlus",
+    "AdaptiveSDE",
+    "AdaptiveODE",
+    "UniPC",
 ]

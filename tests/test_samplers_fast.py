@@ -1,0 +1,247 @@
+"""Fast low-NFE samplers: DPM-Solver, DPM-Solver++, adaptive reverse SDE and flow ODE.
+
+Checked against exact answers: the closed-form probability-flow map of Gaussian data (order of
+convergence), exact mixture statistics (adaptive solvers), scipy's RK45 (adaptive ODE).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde.samplers import AdaptiveODE, AdaptiveSDE, DPMSolver, DPMSolverPlusPlus, UniPC
+from scoresde.samplers.base import scale_and_std
+
+NEW = ("dpm_solver", "dpm_solver_pp", "unipc", "adaptive_sde", "adaptive_ode")
+MU, V = 0.8, 0.3
+EPS = 1e-3
+
+
+def _flow_map(sde, xT, eps):
+    """Exact flow map for 1-D data N(MU, V): (x_t − s μ)/sqrt(s² V + σ²) is conserved."""
+    (sT, se), (gT, ge) = scale_and_std(sde, [sde.T, eps])
+    CT, Ce = sT**2 * V + gT**2, se**2 * V + ge**2
+    return se * MU + math.sqrt(Ce / CT) * (xT - sT * MU)
+
+
+class Counting:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.fn(x, t)
+
+
+def test_registered():
+    names = sd.samplers.names()
+    for name in NEW:
+        assert name in names
+    assert sd.samplers.SAMPLERS["dpm_solver_pp"] is DPMSolverPlusPlus
+
+
+# (label, sampler, steps N; rates from N, 2N, 4N on the log_snr grid, upper slack)
+# DPM-Solver++(3M) converges faster than h^3 before the asymptotic range on this problem:
+# data-prediction errors made at high noise are damped by sigma_t/sigma_s, so the observed
+# rates at N = 16..64 are 3.8-4.6 (they fall towards 3 at N >= 128 where float64 round-off
+# starts to dominate), hence its larger upper bound.
+CASES = [
+    ("dpm1", lambda: DPMSolver(order=1), 1, 32, 0.5),
+    ("dpm2", lambda: DPMSolver(order=2), 2, 16, 0.5),
+    ("dpm3", lambda: DPMSolver(order=3), 3, 16, 0.5),
+    ("pp2m", lambda: DPMSolverPlusPlus(order=2), 2, 16, 0.5),
+    ("pp3m", lambda: DPMSolverPlusPlus(order=3), 3, 16, 1.7),
+    ("unipc1", lambda: UniPC(order=1), 2, 16, 0.5),
+    ("unipc2", lambda: UniPC(order=2), 3, 16, 0.5),
+]
+
+
+@pytest.mark.parametrize("label,make,order,base,upper", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.VESDE(sigma_max=20.0)], ids=["vp", "ve"])
+def test_measured_order_matches_theory(label, make, order, base, upper, sde):
+    target = sd.Gaussian(torch.tensor([MU]), torch.tensor([[V]]))
+    xT = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None] * sde.prior_std
+    exact = _flow_map(sde, xT, EPS)
+    errs = []
+    for steps in (base, 2 * base, 4 * base):
+        out = sd.sample(sde, target.score_fn(sde), (9, 1), make(), steps=steps, x_init=xT,
+                        eps=EPS, grid="log_snr")
+        errs.append(float((out.samples - exact).abs().max()))
+    rates = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
+    assert all(order - 0.5 < r < order + upper for r in rates), (errs, rates)
+
+
+def test_dpm_solver_1_is_ddim():
+    sde = sd.VPSDE()
+    target = sd.imbalanced_2d()
+    xT = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kw = dict(steps=7, x_init=xT, grid="log_snr")
+    a = sd.sample(sde, target.score_fn(sde), (16, 2), DPMSolver(order=1), **kw).samples
+    b = sd.sample(sde, target.score_fn(sde), (16, 2), "ddim", **kw).samples
+    c = sd.sample(sde, target.score_fn(sde), (16, 2), DPMSolverPlusPlus(order=1), **kw).samples
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(c, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("sampler,steps,expected", [
+    (DPMSolver(order=1), 7, 7),
+    (DPMSolver(order=2), 7, 14),
+    (DPMSolver(order=3), 7, 21),
+    (DPMSolverPlusPlus(order=2), 7, 7),
+    (DPMSolverPlusPlus(order=3), 20, 20),
+    (DPMSolverPlusPlus(order=3, warmup="singlestep"), 7, 8),
+    (UniPC(order=2), 7, 7),
+    (AdaptiveODE(rtol=1e-3, atol=1e-3), 5, None),
+    (AdaptiveODE(rtol=1e-3, atol=1e-3, method="dopri5"), 5, None),
+    (AdaptiveSDE(), 5, None),
+], ids=lambda v: repr(v) if not isinstance(v, (int, type(None))) else str(v))
+def test_nfe_is_honest(sampler, steps, expected):
+    sde = sd.VPSDE()
+    counter = Counting(sd.imbalanced_2d().score_fn(sde))
+    out = sd.sample(sde, counter, (64, 2), sampler, steps=steps,
+                    generator=torch.Generator().manual_seed(1))
+    assert out.nfe == counter.calls
+    if expected is not None:
+        assert out.nfe == expected
+    else:  # adaptive: steps is ignored
+        again = sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (64, 2), sampler,
+                          steps=steps + 3, generator=torch.Generator().manual_seed(1))
+        assert again.nfe == out.nfe
+        torch.testing.assert_close(again.samples, out.samples)
+
+
+def test_lower_order_final_schedule():
+    assert DPMSolverPlusPlus(order=3).step_orders(6) == [1, 2, 3, 3, 2, 1]
+    assert DPMSolverPlusPlus(order=2).step_orders(4) == [1, 2, 2, 1]
+    assert DPMSolverPlusPlus(order=3).step_orders(15) == [1, 2] + [3] * 13
+    assert DPMSolverPlusPlus(order=3, lower_order_final=False).step_orders(5) == [1, 2, 3, 3, 3]
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_same_seed_same_samples(name):
+    sde = sd.VPSDE()
+    score = sd.imbalanced_2d().score_fn(sde)
+
+    def draw(seed):
+        return sd.sample(sde, score, (32, 2), name, steps=6,
+                         generator=torch.Generator().manual_seed(seed)).samples
+
+    a, b = draw(3), draw(3)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, draw(4))
+
+
+def test_adaptive_sde_noise_depends_on_the_generator_only():
+    sde = sd.VPSDE()
+    score = sd.imbalanced_2d().score_fn(sde)
+    xT = sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(0))
+    a = sd.sample(sde, score, (32, 2), "adaptive_sde", x_init=xT,
+                  generator=torch.Generator().manual_seed(1)).samples
+    b = sd.sample(sde, score, (32, 2), "adaptive_sde", x_init=xT,
+                  generator=torch.Generator().manual_seed(2)).samples
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("adaptive_ode", {}),
+    ("adaptive_sde", {}),
+    ("dpm_solver_pp", {"order": 3}),
+    ("unipc", {}),
+])
+def test_fast_samplers_reproduce_the_imbalanced_mixture(name, options):
+    # n = 3000 draws; tolerances as in test_samplers_common: weights 4·sqrt(w(1−w)/n) plus
+    # 0.01 for discretisation; per-mode relative covariance error ~ sqrt(2/(w n)) (≤ 0.067 for
+    # the 0.15-weight mode) -> 0.25; means 0.05; mean log-density SE ≈ 0.024 -> 0.12.
+    sde = sd.VPSDE()
+    target = sd.imbalanced_2d()
+    n = 3000
+    steps = 50 if name in ("dpm_solver_pp", "unipc") else 1
+    out = sd.sample(sde, target.score_fn(sde), (n, 2), name, steps=steps,
+                    generator=torch.Generator().manual_seed(21), **options)
+    stats = sd.metrics.mode_statistics(out.samples, target)
+    assert float(stats["weight_error"]) < 4 * math.sqrt(0.25 / n) + 0.01
+    assert float(stats["mean_error"].max()) < 0.05
+    assert float(stats["cov_error"].max()) < 0.25
+    ref = target.sample(n, generator=torch.Generator().manual_seed(5))
+    gap = abs(float(sd.metrics.mean_log_density(out.samples, target))
+              - float(sd.metrics.mean_log_density(ref, target)))
+    assert gap < 0.12
+
+
+@pytest.mark.parametrize("method", ["bs3", "dopri5"])
+def test_adaptive_ode_matches_scipy(method):
+    sde = sd.VPSDE()
+    target = sd.imbalanced_2d()
+    xT = sde.prior_sample((100, 2), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    kw = dict(steps=1, x_init=xT)
+    ours = sd.sample(sde, target.score_fn(sde), (100, 2),
+                     AdaptiveODE(rtol=1e-6, atol=1e-6, method=method), **kw)
+    ref = sd.sample(sde, target.score_fn(sde), (100, 2), "ode", rtol=1e-6, atol=1e-6, **kw)
+    assert float((ours.samples - ref.samples).abs().max()) < 2e-3
+
+
+def test_time_grid_option():
+    sde = sd.VPSDE()
+    default = DPMSolverPlusPlus().grid(sde, 8, EPS, "uniform")
+    torch.testing.assert_close(default, sd.samplers.time_grid(sde, 8, EPS, "log_snr"))
+    driver = DPMSolverPlusPlus(time_grid=None).grid(sde, 8, EPS, "quadratic")
+    torch.testing.assert_close(driver, sd.samplers.time_grid(sde, 8, EPS, "quadratic"))
+    edm = DPMSolver(time_grid="edm").grid(sde, 8, EPS, "edm")
+    torch.testing.assert_close(edm, sd.samplers.time_grid(sde, 8, EPS, "edm"))
+    with pytest.raises(ValueError, match="grid"):
+        sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (4, 2), "dpm_solver_pp", steps=4,
+                  grid="edm")
+
+
+@pytest.mark.parametrize("factory,match,exc", [
+    (lambda: DPMSolver(order=4), "order", ValueError),
+    (lambda: DPMSolver(order=2.0), "order", TypeError),
+    (lambda: DPMSolver(time_grid="cosine"), "time_grid", ValueError),
+    (lambda: DPMSolverPlusPlus(order=0), "order", ValueError),
+    (lambda: DPMSolverPlusPlus(lower_order_final="yes"), "lower_order_final", TypeError),
+    (lambda: DPMSolverPlusPlus(warmup="heun"), "warmup", ValueError),
+    (lambda: UniPC(order=3), "order", ValueError),
+    (lambda: UniPC(time_grid="cosine"), "time_grid", ValueError),
+    (lambda: AdaptiveODE(rtol=0.0), "rtol", ValueError),
+    (lambda: AdaptiveODE(atol=-1.0), "atol", ValueError),
+    (lambda: AdaptiveODE(method="rk4"), "method", ValueError),
+    (lambda: AdaptiveODE(norm="l1"), "norm", ValueError),
+    (lambda: AdaptiveODE(max_steps=0), "max_steps", ValueError),
+    (lambda: AdaptiveSDE(rtol=float("nan")), "rtol", ValueError),
+    (lambda: AdaptiveSDE(h_init=0.0), "h_init", ValueError),
+    (lambda: AdaptiveSDE(atol="a"), "atol", TypeError),
+])
+def test_bad_options_name_the_argument(factory, match, exc):
+    with pytest.raises(exc, match=match):
+        factory()
+
+
+@pytest.mark.parametrize("sampler", [AdaptiveODE(rtol=1e-8, atol=1e-8, max_steps=3),
+                                     AdaptiveSDE(rtol=1e-6, atol=1e-6, max_steps=3)])
+def test_max_steps_is_enforced(sampler):
+    sde = sd.VPSDE()
+    with pytest.raises(RuntimeError, match="max_steps"):
+        sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (8, 2), sampler, steps=1,
+                  generator=torch.Generator().manual_seed(0))
+
+
+def test_dpm_solvers_need_a_linear_sde():
+    class NotLinear(sd.SDE):
+        def _drift(self, x, t):
+            return -x
+
+        def _diffusion(self, t):
+            return torch.ones_like(t)
+
+        def _marginal(self, x0, t):
+            return x0, torch.ones_like(t)
+
+        @property
+        def prior_std(self):
+            return 1.0
+
+    with pytest.raises(TypeError, match="LinearSDE"):
+        DPMSolverPlusPlus().grid(NotLinear(1.0), 4, EPS, "uniform")
