@@ -101,6 +101,37 @@ def test_denoise_applies_tweedie_to_the_final_state():
     torch.testing.assert_close(den.samples, expected)
 
 
+def test_flow_denoise_is_second_order_for_gaussian_data():
+    # Exact samples of p_eps for N(0, v): y = x/s ~ N(0, v + r) with r = σ²/s². Tweedie scales y by
+    # v/(v + r) (variance error −r/(v + r), first order); "flow" by 1 − r/(2(v + r)), variance
+    # error r²/(4 v (v + r)), second order.
+    sde, v, eps = sd.VPSDE(), 0.01, 0.01
+    target = sd.Gaussian(torch.zeros(1, dtype=torch.float64), torch.tensor([[v]], dtype=torch.float64))
+    s, sig = float(sde.mean_coeff(eps)), float(sde.std(eps))
+    r = sig**2 / s**2
+    x = torch.linspace(-1.0, 1.0, 11, dtype=torch.float64)[:, None]
+    score = target.score_fn(sde)
+    tw = sd.samplers.tweedie_denoise(sde, score, x, eps)
+    fl = sd.samplers.tweedie_denoise(sde, score, x, eps, weight=0.5)
+    torch.testing.assert_close(tw, x / s * v / (v + r))
+    torch.testing.assert_close(fl, x / s * (1 - 0.5 * r / (v + r)))
+    var_err = {k: (f[-1, 0] / (x[-1, 0] / s)) ** 2 * (v + r) / v - 1 for k, f in (("tw", tw), ("fl", fl))}
+    assert math.isclose(float(var_err["fl"]), r**2 / (4 * v * (v + r)), rel_tol=1e-5)
+    assert abs(float(var_err["fl"])) < 0.1 * abs(float(var_err["tw"]))
+    # through the driver: one more evaluation, same final step as the function
+    g = torch.Generator().manual_seed(0)
+    plain = sd.sample(sde, score, (50, 1), "ddim", steps=8, generator=g, dtype=torch.float64, eps=eps)
+    g = torch.Generator().manual_seed(0)
+    flow = sd.sample(sde, score, (50, 1), "ddim", steps=8, generator=g, dtype=torch.float64, eps=eps,
+                     denoise="flow")
+    assert flow.nfe == plain.nfe + 1
+    torch.testing.assert_close(flow.samples, sd.samplers.tweedie_denoise(sde, score, plain.samples, eps, weight=0.5))
+    with pytest.raises(ValueError, match="denoise"):
+        sd.sample(sde, score, (4, 1), "ddim", steps=2, denoise="half")
+    with pytest.raises(ValueError, match="weight"):
+        sd.samplers.tweedie_denoise(sde, score, x, eps, weight=0.0)
+
+
 def test_x_init_and_sampler_objects():
     sde = sd.VPSDE()
     target = sd.imbalanced_2d()

@@ -10,6 +10,7 @@ from .discrete import DDIM, DDPM, EpsilonScore
 from .dpm_solver import DPMSolver, DPMSolverPlusPlus, UniPC
 from .ode import EulerODE, Heun
 from .pc import AnnealedLangevin, LangevinCorrector, PredictorCorrector, ReverseDiffusion
+from .schedule import LogSNRSchedule, optimize_schedule
 from .scipy_ode import ProbabilityFlowODE
 from .sde_solvers import EulerMaruyama
 from .torchsde_backend import TorchSDE
@@ -66,4 +67,6 @@ __all__ = [
     "AdaptiveSDE",
     "AdaptiveODE",
     "UniPC",
+    "LogSNRSchedule",
+    "optimize_schedule",
 ]

@@ -28,6 +28,7 @@ import torch
 
 from .._checks import check_int
 from .base import GRIDS, Sampler, scale_and_std, time_grid, time_vector
+from .schedule import LogSNRSchedule
 
 __all__ = ["DPMSolver", "DPMSolverPlusPlus", "UniPC"]
 
@@ -49,8 +50,11 @@ def _log_snr(sde, times) -> list[float]:
 
 
 def _check_time_grid(time_grid_opt):
+    if isinstance(time_grid_opt, LogSNRSchedule):
+        return time_grid_opt
     if time_grid_opt is not None and time_grid_opt not in GRIDS:
-        raise ValueError(f"time_grid must be None or one of {GRIDS}, got {time_grid_opt!r}")
+        raise ValueError(
+            f"time_grid must be None, a LogSNRSchedule or one of {GRIDS}, got {time_grid_opt!r}")
     return time_grid_opt
 
 
@@ -58,12 +62,18 @@ class _LogSNRSampler(Sampler):
     """Shared grid logic: the class option ``time_grid`` (default ``"log_snr"``)."""
 
     stochastic = False
-    time_grid: str | None = "log_snr"
+    time_grid: str | LogSNRSchedule | None = "log_snr"
 
     def grid(self, sde, steps, eps, kind):
         _check_linear(sde, type(self).__name__)
         if self.time_grid is None:
             return time_grid(sde, steps, eps=eps, kind=kind)
+        if isinstance(self.time_grid, LogSNRSchedule):
+            if kind != "uniform":
+                raise ValueError(
+                    f"grid={kind!r} conflicts with {type(self).__name__}(time_grid=<LogSNRSchedule>); "
+                    "pass time_grid=None to use the driver's grid")
+            return self.time_grid.times(sde, steps, eps)
         if kind not in ("uniform", self.time_grid):
             raise ValueError(
                 f"grid={kind!r} conflicts with {type(self).__name__}(time_grid="
@@ -106,11 +116,13 @@ class DPMSolver(_LogSNRSampler):
     ----------
     order : {1, 2, 3}
         Order of the solver (default 2).
-    time_grid : {"log_snr", "edm", "quadratic", "uniform"} or None
+    time_grid : {"log_snr", "edm", "quadratic", "uniform"}, LogSNRSchedule or None
         The grid this sampler integrates over (default ``"log_snr"``, uniform steps in
         :math:`\lambda`, the paper's choice). ``None`` uses the ``grid`` argument of
         :func:`scoresde.sample`; a string wins over the driver's default ``"uniform"`` and
-        a different explicit driver grid raises ``ValueError``. See
+        a different explicit driver grid raises ``ValueError``. A
+        :class:`~scoresde.samplers.LogSNRSchedule` (from
+        :func:`~scoresde.samplers.optimize_schedule`) gives a grid optimised for the model. See
         :class:`DPMSolverPlusPlus` for what each grid costs.
 
     References
@@ -212,13 +224,14 @@ class DPMSolverPlusPlus(_LogSNRSampler):
     :math:`\lambda` are long relative to how fast :math:`\hat x_0` still moves on tight modes, and
     the lower-order final steps are more stable there.
 
-    Grids (measured with ``benchmarks/bench_fast_samplers.py``: VP SDE, eps = 1e-3, n = 2000,
-    combined error of :func:`scoresde.metrics.evaluate`; noise floor 0.16 on ``imbalanced_2d``,
-    0.38 on ``anisotropic_64d``). Every grid costs the same (times are computed once, in closed
-    form for VP/VE/sub-VP); what differs is where the steps go:
+    Grids (measured in the previous release with ``benchmarks/bench_fast_samplers.py`` at
+    eps = 1e-3, n = 2000, one seed: combined error of :func:`scoresde.metrics.evaluate`, noise
+    floor 0.16 on ``imbalanced_2d``, 0.38 on ``anisotropic_64d``). Every grid costs the same
+    (times are computed once, in closed form for VP/VE/sub-VP); what differs is where the steps
+    go:
 
     - ``"log_snr"`` (default): equal steps in :math:`\lambda`, the variable the solver
-      expands in. The only grid that is good on *both* stiff targets at 20–50 NFE
+      expands in. The only fixed grid that is good on *both* stiff targets at 20–50 NFE
       (2M: 0.29/0.17 and 1.49/0.95 at 20/50 NFE; 3M: 0.34/0.12 and 1.24/0.69).
     - ``"quadratic"`` (dense near the data in ``t``): on par at 20+ NFE on the 2-D target and
       the best 3M grid at 10 NFE on the 64-D one (0.44), but worse at 20 there (1.02).
@@ -227,12 +240,19 @@ class DPMSolverPlusPlus(_LogSNRSampler):
     - ``"uniform"`` (in ``t``): good on the 2-D target at 10 NFE (0.44) but unstable on the
       64-D one (errors 7–44 at 10–20 NFE): its last step jumps
       :math:`\Delta\lambda \approx 3` across the scales of the tight directions.
+    - a :class:`~scoresde.samplers.LogSNRSchedule` from
+      :func:`~scoresde.samplers.optimize_schedule`: optimised once for the model, it wins at
+      5–20 NFE on both targets (the "Choosing a sampler" page has the numbers). Use it with
+      ``lower_order_final=False``: the optimiser places the last steps itself.
 
-    The final Tweedie step (``denoise=True`` of :func:`scoresde.sample`) does not pay at
-    ``eps = 1e-3``: exact samples of :math:`p_\epsilon` already score at the noise floor, and
-    denoising them raises the error (0.15 → 0.18 on ``imbalanced_2d``, 0.43 → 1.20 on
-    ``anisotropic_64d``, whose smallest variances are only ~16 σ(ε)²), because the posterior
-    mean shrinks the tight directions by :math:`v/(v + \sigma^2)`.
+    End time and final step. The residual noise at ``eps`` inflates a data direction of
+    variance :math:`v` by :math:`\tilde\sigma^2(\epsilon)/v`; at ``eps = 1e-3`` on the VP SDE
+    (:math:`\tilde\sigma^2 \approx 10^{-4}`) that alone puts exact samples of
+    :math:`p_\epsilon` 0.3 above the noise floor on ``anisotropic_64d`` (smallest variance
+    1.6e-3). Tweedie's step (``denoise=True``) overshoots by the same order in the other
+    direction; ``denoise="flow"`` (half of it, the flow ODE's Euler step to 0) or an ``eps``
+    whose :math:`\tilde\sigma^2` is below 1% of the smallest variance that matters (1e-4
+    here) removes the bias.
 
     Warm-up. The paper starts with lower orders (``warmup="lower_order"``): the first step is
     order 1, whose local error :math:`O(h^2)` is not averaged away; but its constant is
@@ -255,7 +275,7 @@ class DPMSolverPlusPlus(_LogSNRSampler):
         Lower orders on the last steps when there are fewer than 15 steps (default True).
     warmup : {"lower_order", "singlestep"}
         How the first step is taken (see above; default ``"lower_order"``, the paper's).
-    time_grid : {"log_snr", "edm", "quadratic", "uniform"} or None
+    time_grid : {"log_snr", "edm", "quadratic", "uniform"}, LogSNRSchedule or None
         As for :class:`DPMSolver`: default ``"log_snr"``; ``None`` uses the driver's ``grid``.
 
     References
