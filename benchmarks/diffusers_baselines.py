@@ -55,6 +55,7 @@ SCHEDULERS = types.MappingProxyType({
     "diffusers:DPM++2M": ("DPMSolverMultistepScheduler", {"solver_order": 2}),
     "diffusers:DPM++3M": ("DPMSolverMultistepScheduler", {"solver_order": 3}),
     "diffusers:UniPC": ("UniPCMultistepScheduler", {}),
+    "diffusers:DEIS": ("DEISMultistepScheduler", {}),
     "diffusers:Euler": ("EulerDiscreteScheduler", {}),
     "diffusers:Heun": ("HeunDiscreteScheduler", {}),
 })

@@ -24,9 +24,10 @@ costs one extra score call per evaluation and needs only the score model — no 
 target density. The interior grid points are parameterised by the logarithms of the ``steps``
 increments in log-SNR time (any real vector is a valid increasing grid; the end points
 :math:`\lambda(T)` and :math:`\lambda(\epsilon)` stay fixed) and minimised with
-Nelder–Mead. The objective has several basins, so short searches start from the ``log_snr``,
-``uniform``, ``quadratic`` and ``edm`` grids (and the previous step count's optimum) and the
-best is refined by restarts.
+Nelder–Mead. The objective has several basins, far apart in that space, so short searches
+with a wide initial simplex (edge 1, i.e. increments scaled by up to :math:`e`) start from the
+``log_snr``, ``uniform``, ``quadratic`` and ``edm`` grids, and the best is refined by restarts
+with a narrower one (edge 0.3).
 
 A schedule stores each grid as *fractions* :math:`f_i = (\lambda_i - \lambda_T) /
 (\lambda_\epsilon - \lambda_T)`. For a step count it was not optimised for, the grid of the
@@ -154,6 +155,9 @@ class LogSNRSchedule:
         return f"LogSNRSchedule(steps={list(self.steps)})"
 
 
+_PROBE_SIZE, _RESTART_SIZE = 1.0, 0.3
+
+
 def _exp(value: float) -> float:
     """exp of an objective value; the 1e3 of a blown-up solve reads as inf."""
     return math.exp(value) if value < 700.0 else math.inf
@@ -196,17 +200,16 @@ def optimize_schedule(
         ``"unipc"``, ``"dpm_solver_pp"``, ``"dpm_solver"`` or such an instance (its
         ``run`` is called on explicit grids, so its own ``time_grid`` is ignored).
     steps : int or sequence of int
-        Step count(s) to optimise; each gets its own grid (the later ones start from the
-        earlier optimum, interpolated).
+        Step count(s) to optimise; each gets its own grid, optimised independently.
     eps : float
         End time of the grids (the same ``eps`` should be used when sampling).
     reference_steps : int
         Steps of the reference solve (UniPC on the uniform log-SNR grid; default 200).
     max_evals : int
         Objective evaluations per step count, about (each is one ``steps``-step solve of the
-        pilot plus one score call). Half go to short Nelder–Mead searches from five starts
-        (the ``log_snr``, ``uniform``, ``quadratic`` and ``edm`` grids and the previous step
-        count's optimum), the rest to restarts from the best point while they still improve.
+        pilot plus one score call). Half go to short Nelder–Mead searches from four starts
+        (the ``log_snr``, ``uniform``, ``quadratic`` and ``edm`` grids), the rest to restarts
+        from the best point while they still improve.
     generator : torch.Generator, optional
         Draws the pilot's prior samples.
     device, dtype : optional
@@ -298,22 +301,23 @@ def optimize_schedule(
     def logits(f: torch.Tensor) -> np.ndarray:
         return np.log(np.maximum(np.diff(f.numpy()), 1e-12))
 
-    def nelder_mead(z0: np.ndarray, budget: int):
+    def nelder_mead(z0: np.ndarray, budget: int, size: float):
+        # a simplex of edge `size` in log-increment space: the basins are far apart in it
+        simplex = np.vstack([z0, z0 + size * np.eye(z0.size)])
         res = minimize(objective, z0, method="Nelder-Mead",
                        options={"maxfev": max(budget, 1), "xatol": 1e-4, "fatol": 1e-6,
-                                "adaptive": z0.size > 2})
+                                "adaptive": z0.size > 2, "initial_simplex": simplex})
         return res.x, float(res.fun), int(res.nfev)
 
     fractions: dict[int, torch.Tensor] = {}
     per_steps: dict[int, dict] = {}
     for k in counts:
-        # starts: the fixed grids (as log-SNR fractions) and the last optimum, interpolated
+        # starts: the fixed grids, as log-SNR fractions. (The optimum for another step count,
+        # interpolated, is not one: it tends to sit in a poor basin and take the budget.)
         starts = {}
         for kind in ("log_snr", "uniform", "quadratic", "edm"):
             lam = sde.log_snr(time_grid(sde, k, eps=eps, kind=kind))
             starts[kind] = logits((lam - lam_T) / (lam_eps - lam_T))
-        if fractions:
-            starts["previous"] = logits(LogSNRSchedule(fractions).fractions(k))
         f_uniform = objective(starts["log_snr"])
         used = 1
         if k == 1:  # nothing to optimise: the grid is [T, eps]
@@ -324,12 +328,12 @@ def optimize_schedule(
             probe = max(max_evals // (2 * len(starts)), 1)
             best_z, best_f = starts["log_snr"], f_uniform
             for z0 in starts.values():
-                z, f, used_now = nelder_mead(z0, probe)
+                z, f, used_now = nelder_mead(z0, probe, _PROBE_SIZE)
                 used += used_now
                 if f < best_f:
                     best_z, best_f = z, f
             while used < max_evals:
-                z, f, used_now = nelder_mead(best_z, min(max_evals - used, 1000))
+                z, f, used_now = nelder_mead(best_z, min(max_evals - used, 1000), _RESTART_SIZE)
                 used += used_now
                 improved = f < best_f - 1e-3
                 if f < best_f:
