@@ -120,9 +120,7 @@ def time_grid(sde: SDE, steps: int, eps: float = 1e-3, kind: str = "uniform", rh
     tensor([1.0000, 0.8000, 0.6000, 0.4000, 0.2000], dtype=torch.float64)
     """
     steps = check_int("steps", steps)
-    eps = check_positive("eps", eps)
-    if eps >= sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps}")
+    eps = check_end_time(sde, eps)
     if kind not in GRIDS:
         raise ValueError(f"kind must be one of {GRIDS}, got {kind!r}")
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)  # 0 at T, 1 at eps
@@ -144,6 +142,23 @@ def time_grid(sde: SDE, steps: int, eps: float = 1e-3, kind: str = "uniform", rh
         times = sde.t_from_log_snr(lam)
     times[0], times[-1] = sde.T, eps
     return times
+
+
+def check_end_time(sde: SDE, eps: float) -> float:
+    """``eps`` as a float in ``(0, sde.T)``, or a ValueError naming it."""
+    eps = check_positive("eps", eps)
+    if eps >= sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps}")
+    return eps
+
+
+def check_linear(sde, who: str) -> None:
+    """TypeError unless ``sde`` has ``log_snr`` and ``t_from_log_snr`` (a LinearSDE)."""
+    if not (callable(getattr(sde, "log_snr", None)) and callable(getattr(sde, "t_from_log_snr", None))):
+        raise TypeError(
+            f"{who} needs a LinearSDE (with log_snr and t_from_log_snr), got sde of type "
+            f"{type(sde).__name__}"
+        )
 
 
 def time_vector(t: float, x: torch.Tensor) -> torch.Tensor:
@@ -219,9 +234,6 @@ def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, t: float, *, w
     ones = torch.ones_like(x)
     mean, std = sde.marginal(ones, tt)  # mean = s(t) · 1
     return (x + (weight * bcast(std**2, x)) * score_fn(x, tt)) / mean
-
-
-_DENOISE = (False, True, "tweedie", "flow")
 
 
 def resolve(sampler, options: dict) -> Sampler:
@@ -331,7 +343,7 @@ def sample(
         raise TypeError("score_fn must be callable as score_fn(x, t)")
     shape = check_shape("shape", shape)
     steps = check_int("steps", steps)
-    if not any(denoise is d or (isinstance(d, str) and denoise == d) for d in _DENOISE):
+    if not (isinstance(denoise, bool) or denoise in ("tweedie", "flow")):
         raise ValueError(f"denoise must be False, True, 'tweedie' or 'flow', got {denoise!r}")
     solver = resolve(sampler, options)
     times = solver.grid(sde, steps, eps, grid)

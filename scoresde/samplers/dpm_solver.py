@@ -27,21 +27,13 @@ import math
 import torch
 
 from .._checks import check_int
-from .base import GRIDS, Sampler, scale_and_std, time_grid, time_vector
+from .base import GRIDS, Sampler, check_linear, scale_and_std, time_grid, time_vector
 from .schedule import LogSNRSchedule
 
 __all__ = ["DPMSolver", "DPMSolverPlusPlus", "UniPC"]
 
 # below this many steps the multistep solvers drop to lower orders on the last steps
 _LOWER_ORDER_FINAL_BELOW = 15
-
-
-def _check_linear(sde, who: str) -> None:
-    if not (callable(getattr(sde, "log_snr", None)) and callable(getattr(sde, "t_from_log_snr", None))):
-        raise TypeError(
-            f"{who} needs a LinearSDE (with log_snr and t_from_log_snr), got sde of type "
-            f"{type(sde).__name__}"
-        )
 
 
 def _log_snr(sde, times) -> list[float]:
@@ -65,21 +57,17 @@ class _LogSNRSampler(Sampler):
     time_grid: str | LogSNRSchedule | None = "log_snr"
 
     def grid(self, sde, steps, eps, kind):
-        _check_linear(sde, type(self).__name__)
+        check_linear(sde, type(self).__name__)
         if self.time_grid is None:
             return time_grid(sde, steps, eps=eps, kind=kind)
-        if isinstance(self.time_grid, LogSNRSchedule):
-            if kind != "uniform":
-                raise ValueError(
-                    f"grid={kind!r} conflicts with {type(self).__name__}(time_grid=<LogSNRSchedule>); "
-                    "pass time_grid=None to use the driver's grid")
-            return self.time_grid.times(sde, steps, eps)
         if kind not in ("uniform", self.time_grid):
             raise ValueError(
                 f"grid={kind!r} conflicts with {type(self).__name__}(time_grid="
                 f"{self.time_grid!r}); pass time_grid=None to use the driver's grid, or "
                 f"time_grid={kind!r}"
             )
+        if isinstance(self.time_grid, LogSNRSchedule):
+            return self.time_grid.times(sde, steps, eps)
         return time_grid(sde, steps, eps=eps, kind=self.time_grid)
 
 
@@ -152,7 +140,7 @@ class DPMSolver(_LogSNRSampler):
         self.time_grid = _check_time_grid(time_grid)
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
-        _check_linear(sde, type(self).__name__)
+        check_linear(sde, type(self).__name__)
         ts = times.detach().cpu().double()
         lam = _log_snr(sde, ts)
         n = len(lam) - 1
@@ -321,7 +309,7 @@ class DPMSolverPlusPlus(_LogSNRSampler):
         return orders
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
-        _check_linear(sde, type(self).__name__)
+        check_linear(sde, type(self).__name__)
         ts = times.detach().cpu().double()
         lam = _log_snr(sde, ts)
         s, sig = scale_and_std(sde, ts)
@@ -421,7 +409,7 @@ class UniPC(DPMSolverPlusPlus):
         super().__init__(order=order, lower_order_final=lower_order_final, time_grid=time_grid)
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
-        _check_linear(sde, type(self).__name__)
+        check_linear(sde, type(self).__name__)
         ts = times.detach().cpu().double()
         lam = _log_snr(sde, ts)
         s, sig = scale_and_std(sde, ts)

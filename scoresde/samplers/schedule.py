@@ -42,8 +42,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .._checks import check_int, check_positive
-from .base import Sampler, time_grid
+from .._checks import check_int
+from .base import Sampler, check_end_time, check_linear, resolve, time_grid
 
 __all__ = ["LogSNRSchedule", "optimize_schedule"]
 
@@ -125,12 +125,8 @@ class LogSNRSchedule:
 
     def times(self, sde, steps: int, eps: float = 1e-3) -> torch.Tensor:
         """The decreasing float64 time grid from ``sde.T`` to ``eps`` for ``steps`` steps."""
-        if not (callable(getattr(sde, "log_snr", None)) and callable(getattr(sde, "t_from_log_snr", None))):
-            raise TypeError(f"a log-SNR schedule needs a LinearSDE, got {type(sde).__name__}")
-        eps = check_positive("eps", eps)
-        if eps >= sde.T:
-            raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps}")
-        return _times(sde, self.fractions(steps), eps)
+        check_linear(sde, "a log-SNR schedule")
+        return _times(sde, self.fractions(steps), check_end_time(sde, eps))
 
     def to_dict(self) -> dict:
         """Plain-Python form (for JSON); :meth:`from_dict` inverts it."""
@@ -247,19 +243,11 @@ def optimize_schedule(
     """
     from scipy.optimize import minimize
 
-    from . import SAMPLERS
     from .base import CountingScore
-    from .dpm_solver import UniPC, _check_linear
+    from .dpm_solver import UniPC
 
-    _check_linear(sde, "optimize_schedule")
-    if isinstance(sampler, str):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(sorted(SAMPLERS))}")
-        solver = SAMPLERS[sampler]()
-    elif isinstance(sampler, Sampler):
-        solver = sampler
-    else:
-        raise TypeError(f"sampler must be a name or a Sampler instance, got {type(sampler).__name__}")
+    check_linear(sde, "optimize_schedule")
+    solver = resolve(sampler, {})
     if solver.stochastic:
         raise ValueError(
             f"optimize_schedule needs a deterministic sampler (trajectory matching), got "
