@@ -7,6 +7,7 @@ errors read the same everywhere: they name the argument and the range it must li
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -122,3 +123,33 @@ def as_time(
 def bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a ``(batch,)`` tensor to broadcast against ``x`` of shape ``(batch, *event)``."""
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def check_end_time(sde, eps: float) -> float:
+    """``eps`` as a float in ``(0, sde.T)``, or a ValueError naming it."""
+    eps = check_positive("eps", eps)
+    if eps >= sde.T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps}")
+    return eps
+
+
+def check_linear(sde, who: str) -> None:
+    """TypeError unless ``sde`` has ``log_snr`` and ``t_from_log_snr`` (a LinearSDE)."""
+    if not (callable(getattr(sde, "log_snr", None)) and callable(getattr(sde, "t_from_log_snr", None))):
+        raise TypeError(
+            f"{who} needs a LinearSDE (with log_snr and t_from_log_snr), got sde of type "
+            f"{type(sde).__name__}"
+        )
+
+
+def derive_seed(seed: int, *keys) -> int:
+    """A 63-bit seed derived from ``seed`` and ``keys``, stable across processes and platforms.
+
+    CRC-32 of the keys' ``repr`` mixed with ``seed`` (Python's ``hash`` of a string changes
+    between runs), so related streams (a rank, a target name, a purpose) get distinct seeds.
+    The one seed derivation of the package: the trainer's data and loss streams and the
+    comparison harness both use it.
+    """
+    seed = check_int("seed", seed, minimum=0)
+    text = "\x1f".join(repr(k) for k in keys).encode()
+    return (seed * 1_000_003 + zlib.crc32(text)) % (2**63 - 1)

@@ -46,7 +46,6 @@ import math
 import re
 import time
 import tracemalloc
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ from pathlib import Path
 import torch
 
 from . import metrics as _metrics
-from ._checks import check_int, check_positive
+from ._checks import check_int, check_positive, derive_seed
 from .samplers import SAMPLERS, Sampler, sample
 from .samplers import names as sampler_names
 from .sde import SDE_NAMES, LinearSDE, make_sde
@@ -136,16 +135,6 @@ _PROBE_SEED = 12345
 # --------------------------------------------------------------------------------------
 # small public helpers
 # --------------------------------------------------------------------------------------
-def derive_seed(seed: int, *keys) -> int:
-    """A 63-bit seed derived from ``seed`` and ``keys`` (stable across processes and platforms).
-
-    Uses CRC-32 of the keys' ``repr`` (Python's ``hash`` of a string changes between runs).
-    """
-    seed = check_int("seed", seed, minimum=0)
-    text = "\x1f".join(repr(k) for k in keys).encode()
-    return (seed * 1_000_003 + zlib.crc32(text)) % (2**63 - 1)
-
-
 def quick_preset() -> dict:
     """Keyword arguments of :func:`run_comparison` for a run of a few seconds on 2 CPU cores.
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._checks import check_int, check_positive, check_tensor
+from ._checks import check_end_time, check_int, check_positive, check_tensor
 from .samplers.base import CountingScore, NonFiniteError, gaussian_like, time_vector
 from .samplers.scipy_ode import METHODS as SCIPY_METHODS
 from .samplers.scipy_ode import jacobian_structure
@@ -366,10 +366,8 @@ def log_likelihood(
     method = _choice("method", method, METHODS)
     rtol = check_positive("rtol", rtol)
     atol = check_positive("atol", atol)
-    eps = check_positive("eps", eps)
+    eps = check_end_time(sde, eps)
     T = float(sde.T)
-    if eps >= T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {T:g}), got {eps}")
     if method in _TABLEAUX:
         if steps is None:
             raise ValueError(f"steps is required with the fixed-step method {method!r}")

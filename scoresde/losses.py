@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import bcast, check_int, check_positive, check_tensor
+from ._checks import bcast, check_end_time, check_int, check_tensor
 from .sde import SDE, DiscreteSchedule
 
 __all__ = [
@@ -82,13 +82,6 @@ def _draw(kind: str, shape, like: torch.Tensor, generator: torch.Generator | Non
     device = generator.device if generator is not None else like.device
     fn = torch.rand if kind == "rand" else torch.randn
     return fn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
-def _check_eps(eps: float, T: float) -> float:
-    eps = check_positive("eps", eps)
-    if eps >= T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {T:g}), got {eps!r}")
-    return eps
 
 
 def _importance_times(sde, n: int, eps: float, like: torch.Tensor, generator) -> tuple:
@@ -204,7 +197,7 @@ def dsm_loss(
     check_tensor("x0", x0, min_dim=2)
     _check_choice("weighting", weighting, WEIGHTINGS)
     _check_choice("reduction", reduction, _REDUCTIONS)
-    eps = _check_eps(eps, sde.T)
+    eps = check_end_time(sde, eps)
     if importance_sampling and weighting != "g2":
         raise ValueError(f"importance_sampling=True is only defined for weighting='g2', got weighting={weighting!r}")
     n = x0.shape[0]

@@ -30,7 +30,6 @@ import argparse
 import copy
 import csv
 import dataclasses
-import hashlib
 import math
 import os
 import pickle
@@ -44,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ._checks import check_int, check_positive
+from ._checks import check_int, check_positive, derive_seed
 from .data import DataStream, dataset_names, dataset_sampler, get_dataset
 
 __all__ = [
@@ -412,12 +411,6 @@ def _dist_env() -> tuple[int, int]:
     return rank, world
 
 
-def _seed(seed: int, rank: int, stream: int) -> int:
-    """A 63-bit seed for (seed, rank, stream), decorrelated through SHA-256."""
-    digest = hashlib.sha256(f"scoresde:{seed}:{rank}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 def _default_loss(sde) -> LossFn:
     def dsm(model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         from .losses import dsm_loss
@@ -532,9 +525,9 @@ class Trainer:
 
         # generators: one for the data, one for the loss noise, per rank
         self.data_generator = torch.Generator()
-        self.data_generator.manual_seed(_seed(config.seed, self.rank, 0))
+        self.data_generator.manual_seed(derive_seed(config.seed, self.rank, 0))
         self.loss_generator = torch.Generator(device=self.device)
-        self.loss_generator.manual_seed(_seed(config.seed, self.rank, 1))
+        self.loss_generator.manual_seed(derive_seed(config.seed, self.rank, 1))
         self.data = self._make_stream(data)
 
         if self.world_size > 1:

@@ -143,6 +143,12 @@ class AdaptiveODE(Sampler):
     """
 
     name = "adaptive_ode"
+    adaptive = True
+
+    @property
+    def order(self) -> int:
+        """Order of the kept solution of the Runge–Kutta pair."""
+        return _TABLEAUS[self.method][4]
     stochastic = False
     METHODS = tuple(_TABLEAUS)
 
@@ -284,6 +290,7 @@ class AdaptiveSDE(Sampler):
     """
 
     name = "adaptive_sde"
+    adaptive = True
     stochastic = True
 
     def __init__(self, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.01,

@@ -23,7 +23,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import all_finite, as_time, bcast, check_int, check_positive, check_shape, check_tensor
+from .._checks import (
+    all_finite,
+    as_time,
+    bcast,
+    check_end_time,
+    check_int,
+    check_positive,
+    check_shape,
+    check_tensor,
+)
 from ..sde import SDE
 
 __all__ = ["Sampler", "SampleResult", "sample", "time_grid", "tweedie_denoise", "GRIDS", "NonFiniteError"]
@@ -64,12 +73,36 @@ class SampleResult:
 class Sampler(abc.ABC):
     """Base class of all samplers: one update rule, driven over a decreasing time grid.
 
-    Subclasses set ``name`` and implement :meth:`run`. ``stochastic`` says whether ``run``
-    draws noise (and so consumes the generator).
+    Subclasses set ``name``, implement :meth:`run` and declare their capabilities as class
+    attributes (an instance may override one through a property when it depends on options);
+    the driver and the comparison harness read these declarations instead of probing:
+
+    ``order``
+        Global order of accuracy in the step size (the weak order for SDE solvers; ``None``
+        where no order is defined, e.g. for Langevin dynamics).
+    ``nfe_per_step``
+        Score evaluations per grid interval; :meth:`nfe` gives the exact count of a run.
+    ``stochastic``
+        Whether ``run`` draws noise (and so consumes the generator).
+    ``adaptive``
+        Whether the solver picks its own steps (its NFE does not follow from ``steps``).
+    ``needs_linear_sde``
+        Whether it needs a :class:`~scoresde.LinearSDE` (``log_snr``, ``scale_std``).
+    ``owns_grid``
+        Whether it builds its own time grid (and refuses any other), as DDPM does.
     """
 
     name: str = ""
+    order: int | None = 1
+    nfe_per_step: int = 1
     stochastic: bool = True
+    adaptive: bool = False
+    needs_linear_sde: bool = False
+    owns_grid: bool = False
+
+    def nfe(self, steps: int) -> int | None:
+        """Score evaluations of a run over ``steps`` grid intervals (``None`` when adaptive)."""
+        return None if self.adaptive else self.nfe_per_step * steps
 
     def grid(self, sde: SDE, steps: int, eps: float, kind: str) -> torch.Tensor:
         """The time grid this sampler integrates over; most use :func:`time_grid` unchanged."""
@@ -142,23 +175,6 @@ def time_grid(sde: SDE, steps: int, eps: float = 1e-3, kind: str = "uniform", rh
         times = sde.t_from_log_snr(lam)
     times[0], times[-1] = sde.T, eps
     return times
-
-
-def check_end_time(sde: SDE, eps: float) -> float:
-    """``eps`` as a float in ``(0, sde.T)``, or a ValueError naming it."""
-    eps = check_positive("eps", eps)
-    if eps >= sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T:g}), got {eps}")
-    return eps
-
-
-def check_linear(sde, who: str) -> None:
-    """TypeError unless ``sde`` has ``log_snr`` and ``t_from_log_snr`` (a LinearSDE)."""
-    if not (callable(getattr(sde, "log_snr", None)) and callable(getattr(sde, "t_from_log_snr", None))):
-        raise TypeError(
-            f"{who} needs a LinearSDE (with log_snr and t_from_log_snr), got sde of type "
-            f"{type(sde).__name__}"
-        )
 
 
 def time_vector(t: float, x: torch.Tensor) -> torch.Tensor:

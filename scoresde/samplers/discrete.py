@@ -62,6 +62,7 @@ class DDPM(Sampler):
 
     name = "ddpm"
     stochastic = True
+    owns_grid = True
     VARIANCES = ("beta", "beta_tilde")
 
     def __init__(self, variance: str = "beta"):

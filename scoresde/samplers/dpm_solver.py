@@ -26,8 +26,8 @@ import math
 
 import torch
 
-from .._checks import check_int
-from .base import GRIDS, Sampler, check_linear, scale_and_std, time_grid, time_vector
+from .._checks import check_int, check_linear
+from .base import GRIDS, Sampler, scale_and_std, time_grid, time_vector
 from .schedule import LogSNRSchedule
 
 __all__ = ["DPMSolver", "DPMSolverPlusPlus", "UniPC"]
@@ -131,6 +131,7 @@ class DPMSolver(_LogSNRSampler):
 
     name = "dpm_solver"
     stochastic = False
+    needs_linear_sde = True
 
     def __init__(self, order: int = 2, time_grid: str | None = "log_snr"):
         order = check_int("order", order)
@@ -138,6 +139,11 @@ class DPMSolver(_LogSNRSampler):
             raise ValueError(f"order must be 1, 2 or 3, got {order}")
         self.order = order
         self.time_grid = _check_time_grid(time_grid)
+
+    @property
+    def nfe_per_step(self) -> int:
+        """A singlestep solver of order k makes k evaluations per step."""
+        return self.order
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         check_linear(sde, type(self).__name__)
@@ -284,6 +290,7 @@ class DPMSolverPlusPlus(_LogSNRSampler):
 
     name = "dpm_solver_pp"
     stochastic = False
+    needs_linear_sde = True
 
     WARMUPS = ("lower_order", "singlestep")
 
@@ -400,6 +407,7 @@ class UniPC(DPMSolverPlusPlus):
 
     name = "unipc"
     stochastic = False
+    needs_linear_sde = True
 
     def __init__(self, order: int = 2, lower_order_final: bool = True,
                  time_grid: str | None = "log_snr"):

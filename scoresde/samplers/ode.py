@@ -20,6 +20,7 @@ class EulerODE(Sampler):
     """
 
     name = "euler_ode"
+    order = 1
     stochastic = False
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
@@ -44,10 +45,15 @@ class Heun(Sampler):
     """
 
     name = "heun"
+    order = 2
+    nfe_per_step = 2
     stochastic = False
 
     def __init__(self, euler_last: bool = False):
         self.euler_last = bool(euler_last)
+
+    def nfe(self, steps: int) -> int:
+        return 2 * steps - (1 if self.euler_last else 0)
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         flow = sde.probability_flow(score_fn)

@@ -100,11 +100,17 @@ class LangevinCorrector(Sampler):
     """
 
     name = "langevin"
+    order = None
     stochastic = True
 
     def __init__(self, snr: float = 0.16, n_steps: int = 1):
         self.snr = check_positive("snr", snr)
         self.n_steps = check_int("n_steps", n_steps)
+
+    @property
+    def nfe_per_step(self) -> int:
+        """One score evaluation per Langevin step."""
+        return self.n_steps
 
     def _step_size(self, grad, z, alpha: float, sigma: float):
         n = grad.shape[0]
@@ -305,6 +311,20 @@ class PredictorCorrector(Sampler):
     def stochastic(self) -> bool:
         """Whether noise is drawn: by the corrector, or by the predictor."""
         return self.corrector is not None or bool(self.predictor.stochastic)
+
+    @property
+    def order(self) -> int | None:
+        """The predictor's order."""
+        return self.predictor.order
+
+    @property
+    def nfe_per_step(self) -> int:
+        """The predictor's evaluations plus the corrector's Langevin steps."""
+        return self.predictor.nfe_per_step + (self.corrector.n_steps if self.corrector is not None else 0)
+
+    @property
+    def needs_linear_sde(self) -> bool:
+        return bool(self.predictor.needs_linear_sde)
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         ts = times.tolist()

@@ -42,8 +42,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .._checks import check_int
-from .base import Sampler, check_end_time, check_linear, resolve, time_grid
+from .._checks import check_end_time, check_int, check_linear
+from .base import Sampler, resolve, time_grid
 
 __all__ = ["LogSNRSchedule", "optimize_schedule"]
 

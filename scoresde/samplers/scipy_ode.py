@@ -104,6 +104,8 @@ class ProbabilityFlowODE(Sampler):
 
     name = "ode"
     stochastic = False
+    adaptive = True
+    order = 5
 
     def __init__(self, method: str = "RK45", rtol: float = 1e-5, atol: float = 1e-5):
         if not isinstance(method, str) or method not in METHODS:

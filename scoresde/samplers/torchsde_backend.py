@@ -134,6 +134,7 @@ class TorchSDE(Sampler):
 
     name = "torchsde"
     stochastic = True
+    # ``adaptive`` is set per instance; with ``dt`` the NFE follows dt, not ``steps``
 
     def __init__(
         self,
@@ -156,6 +157,11 @@ class TorchSDE(Sampler):
         self.rtol = check_positive("rtol", 1e-3 if rtol is None else rtol) if adaptive else None
         self.atol = check_positive("atol", 1e-3 if atol is None else atol) if adaptive else None
         self.dt = None if dt is None else check_positive("dt", dt)
+
+    def nfe(self, steps: int) -> int | None:
+        if self.adaptive or self.dt is not None:
+            return None
+        return self.nfe_per_step * steps
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         import torchsde
