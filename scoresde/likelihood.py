@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ._checks import check_end_time, check_int, check_positive, check_tensor
-from .samplers.base import CountingScore, NonFiniteError, gaussian_like, time_vector
+from ._runtime import CountingScore, NonFiniteError, gaussian_like, time_vector
 from .samplers.scipy_ode import METHODS as SCIPY_METHODS
 from .samplers.scipy_ode import jacobian_structure
 from .sde import SDE

@@ -4,8 +4,9 @@ Every sampler is a class with a :meth:`~scoresde.samplers.Sampler.run` method an
 :data:`SAMPLERS`, a plain ``name -> class`` table; :func:`scoresde.sample` accepts either.
 """
 
+from .._runtime import NonFiniteError
 from .adaptive import AdaptiveODE, AdaptiveSDE
-from .base import GRIDS, NonFiniteError, Sampler, SampleResult, sample, time_grid, tweedie_denoise
+from .base import GRIDS, Sampler, SampleResult, sample, time_grid, tweedie_denoise
 from .discrete import DDIM, DDPM, EpsilonScore
 from .dpm_solver import DPMSolver, DPMSolverPlusPlus, UniPC
 from .ode import EulerODE, Heun

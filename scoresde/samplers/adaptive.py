@@ -20,7 +20,8 @@ import math
 import torch
 
 from .._checks import bcast, check_int, check_positive
-from .base import Sampler, gaussian_like, time_vector
+from .._runtime import gaussian_like, time_vector
+from .base import Sampler
 
 __all__ = ["AdaptiveODE", "AdaptiveSDE"]
 

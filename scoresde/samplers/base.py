@@ -33,6 +33,7 @@ from .._checks import (
     check_shape,
     check_tensor,
 )
+from .._runtime import CountingScore, NonFiniteError
 from ..sde import SDE
 
 __all__ = ["Sampler", "SampleResult", "sample", "time_grid", "tweedie_denoise", "GRIDS", "NonFiniteError"]
@@ -41,10 +42,6 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, float, torch.Tensor], None]
 
 GRIDS = ("uniform", "quadratic", "log_snr", "edm")
-
-
-class NonFiniteError(FloatingPointError):
-    """Raised when a sampler produces NaN or inf; the message names the step and time."""
 
 
 @dataclass
@@ -177,19 +174,6 @@ def time_grid(sde: SDE, steps: int, eps: float = 1e-3, kind: str = "uniform", rh
     return times
 
 
-def time_vector(t: float, x: torch.Tensor) -> torch.Tensor:
-    """``t`` as a ``(batch,)`` tensor with the dtype and device of ``x`` (for calling ``score_fn``)."""
-    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-
-
-def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, drawn from ``generator`` on its device."""
-    if generator is None:
-        return torch.randn_like(x)
-    z = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-    return z.to(x.device)
-
-
 def scale_and_std(sde, times) -> tuple[list[float], list[float]]:
     r"""Signal scale :math:`s(t)` and noise scale :math:`\sigma(t)` at each time, as float64 lists.
 
@@ -200,38 +184,6 @@ def scale_and_std(sde, times) -> tuple[list[float], list[float]]:
     t = torch.as_tensor(times, dtype=torch.float64).detach().cpu().reshape(-1)
     mean, std = sde.marginal(torch.ones(t.shape[0], 1, dtype=torch.float64), t)
     return mean[:, 0].tolist(), std.tolist()
-
-
-class CountingScore:
-    """Wraps a score function: counts calls, checks shapes and stops on non-finite values.
-
-    ``step`` is kept current by the driver so that an error can name the step it happened in.
-    """
-
-    def __init__(self, score_fn: ScoreFn, label: str):
-        self.score_fn = score_fn
-        self.label = label
-        self.calls = 0
-        self.step = 0
-
-    def _non_finite(self, what: str, t) -> NonFiniteError:
-        t0 = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
-        return NonFiniteError(
-            f"{self.label}: non-finite {what} at step {self.step} (t={t0:.6g}); try more steps, "
-            "a smaller step size, or check score_fn"
-        )
-
-    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        if not all_finite(x):
-            raise self._non_finite("state", t)
-        self.calls += 1
-        out = self.score_fn(x, t)
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
-        if not all_finite(out):
-            raise self._non_finite("score", t)
-        return out
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, t: float, *, weight: float = 1.0) -> torch.Tensor:

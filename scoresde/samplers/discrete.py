@@ -13,8 +13,9 @@ import math
 import torch
 
 from .._checks import as_time, bcast, check_int, check_positive
+from .._runtime import gaussian_like, time_vector
 from ..sde import DiscreteSchedule
-from .base import Sampler, gaussian_like, scale_and_std, time_vector
+from .base import Sampler, scale_and_std
 
 __all__ = ["DDPM", "DDIM", "EpsilonScore"]
 

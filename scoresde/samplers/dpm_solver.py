@@ -27,7 +27,8 @@ import math
 import torch
 
 from .._checks import check_int, check_linear
-from .base import GRIDS, Sampler, scale_and_std, time_grid, time_vector
+from .._runtime import time_vector
+from .base import GRIDS, Sampler, scale_and_std, time_grid
 from .schedule import LogSNRSchedule
 
 __all__ = ["DPMSolver", "DPMSolverPlusPlus", "UniPC"]

@@ -7,7 +7,8 @@ integrated from ``T`` down to the end time; deterministic given the prior draw.
 
 from __future__ import annotations
 
-from .base import Sampler, time_vector
+from .._runtime import time_vector
+from .base import Sampler
 
 __all__ = ["EulerODE", "Heun"]
 

@@ -20,7 +20,8 @@ import math
 import torch
 
 from .._checks import check_int, check_positive
-from .base import Sampler, gaussian_like, scale_and_std, time_vector
+from .._runtime import gaussian_like, time_vector
+from .base import Sampler, scale_and_std
 
 __all__ = ["ReverseDiffusion", "LangevinCorrector", "AnnealedLangevin", "PredictorCorrector"]
 

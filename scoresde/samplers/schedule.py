@@ -243,7 +243,7 @@ def optimize_schedule(
     """
     from scipy.optimize import minimize
 
-    from .base import CountingScore
+    from .._runtime import CountingScore
     from .dpm_solver import UniPC
 
     check_linear(sde, "optimize_schedule")

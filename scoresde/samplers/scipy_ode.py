@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from .._checks import check_positive
-from .base import NonFiniteError, Sampler, time_vector
+from .._runtime import NonFiniteError, time_vector
+from .base import Sampler
 
 __all__ = ["ProbabilityFlowODE"]
 

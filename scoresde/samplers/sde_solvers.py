@@ -3,7 +3,8 @@ r"""Fixed-step solvers of the reverse-time SDE (Anderson 1982; Song et al. 2021,
 from __future__ import annotations
 
 from .._checks import bcast
-from .base import Sampler, gaussian_like, time_vector
+from .._runtime import gaussian_like, time_vector
+from .base import Sampler
 
 __all__ = ["EulerMaruyama"]
 

@@ -19,7 +19,8 @@ import warnings
 import torch
 
 from .._checks import check_positive
-from .base import Sampler, time_vector
+from .._runtime import time_vector
+from .base import Sampler
 
 __all__ = ["TorchSDE"]
 

@@ -1,0 +1,68 @@
+"""What every solver of the package shares: counted, checked score calls and noise draws.
+
+The sampler driver (:func:`scoresde.sample`) and the likelihood
+(:func:`scoresde.log_likelihood`) both evaluate a user's ``score_fn`` through
+:class:`CountingScore`, which counts the evaluations honestly, checks the returned shape and
+stops on non-finite values with an error that names the step and time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._checks import all_finite
+
+__all__ = ["NonFiniteError", "CountingScore", "time_vector", "gaussian_like"]
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised when a sampler produces NaN or inf; the message names the step and time."""
+
+
+def time_vector(t: float, x: torch.Tensor) -> torch.Tensor:
+    """``t`` as a ``(batch,)`` tensor with the dtype and device of ``x`` (for calling ``score_fn``)."""
+    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+
+
+def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator`` on its device."""
+    if generator is None:
+        return torch.randn_like(x)
+    z = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+    return z.to(x.device)
+
+
+class CountingScore:
+    """Wraps a score function: counts calls, checks shapes and stops on non-finite values.
+
+    ``step`` is kept current by the driver so that an error can name the step it happened in.
+    """
+
+    def __init__(self, score_fn: ScoreFn, label: str):
+        self.score_fn = score_fn
+        self.label = label
+        self.calls = 0
+        self.step = 0
+
+    def _non_finite(self, what: str, t) -> NonFiniteError:
+        t0 = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+        return NonFiniteError(
+            f"{self.label}: non-finite {what} at step {self.step} (t={t0:.6g}); try more steps, "
+            "a smaller step size, or check score_fn"
+        )
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        if not all_finite(x):
+            raise self._non_finite("state", t)
+        self.calls += 1
+        out = self.score_fn(x, t)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+        if not all_finite(out):
+            raise self._non_finite("score", t)
+        return out
