@@ -14,7 +14,9 @@ The public surface (see the API reference):
   :mod:`scoresde.compare` (figures in :mod:`scoresde.plotting`).
 """
 
-from . import compare, data, losses, metrics, nets, plotting, samplers, training
+import importlib
+
+from . import data, losses, metrics, nets, samplers
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import (
     ddpm_loss,
@@ -48,7 +50,32 @@ from .targets import (
     ring8,
     target_names,
 )
-from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint
+
+# Heavy parts load on first use (PEP 562), so that ``import scoresde; sd.sample(...)`` imports
+# neither matplotlib nor the comparison harness nor the trainer (and its torch.distributed use).
+_LAZY_MODULES = ("compare", "plotting", "training")
+_LAZY_NAMES = {
+    "Trainer": "training",
+    "TrainConfig": "training",
+    "CheckpointError": "training",
+    "load_checkpoint": "training",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        module = importlib.import_module(f".{name}", __name__)
+    elif name in _LAZY_NAMES:
+        module = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = module  # later look-ups skip this function
+    return module
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 
