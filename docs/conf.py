@@ -57,6 +57,9 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # serves MathJax from the built site (_static/mathjax) instead of a CDN, so that the
+    # stand-alone site renders formulas offline; it sets ``mathjax_path``
+    "sphinx-mathjax-offline",
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "myst_nb",

@@ -17,6 +17,7 @@ The public surface (see the API reference):
 import importlib
 
 from . import data, losses, metrics, nets, samplers
+from ._runtime import NonFiniteError
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import (
     ddpm_loss,
@@ -103,6 +104,7 @@ __all__ = [
     "samplers",
     "sample",
     "SampleResult",
+    "NonFiniteError",
     "log_likelihood",
     "bits_per_dim",
     "ScoreMLP",

@@ -106,3 +106,105 @@ def test_sphinx_build_is_warning_free(tmp_path):
     assert proc.returncode == 0, f"sphinx-build -W failed (exit {proc.returncode}):\n{report}"
     assert (out / "index.html").is_file()
     assert (out / "api" / "index.html").is_file()
+    # the stand-alone site works offline: no page loads a script from another host
+    remote = _remote_scripts(out)
+    assert not remote, f"pages that load remote scripts (first 5): {remote[:5]}"
+    assert (out / "_static" / "mathjax" / "tex-chtml.js").is_file()
+
+
+_SCRIPT_SRC = re.compile(r"""<script\b[^>]*\bsrc\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
+
+
+def _remote_scripts(site: Path) -> list[tuple[str, str]]:
+    """``(page, src)`` for every ``<script src=...>`` of the built site that is not a local file."""
+    found = []
+    for page in site.rglob("*.html"):
+        for src in _SCRIPT_SRC.findall(page.read_text(encoding="utf-8", errors="replace")):
+            if re.match(r"^([a-z][a-z0-9+.-]*:)?//", src, re.IGNORECASE):
+                found.append((str(page.relative_to(site)), src))
+    return found
+
+
+def test_remote_script_finder(tmp_path):
+    (tmp_path / "a.html").write_text('<script src="_static/x.js"></script>'
+                                     '<script defer src="https://cdn.example/mj.js"></script>'
+                                     "<script src='//cdn.example/y.js'></script>", encoding="utf-8")
+    assert [src for _, src in _remote_scripts(tmp_path)] == ["https://cdn.example/mj.js", "//cdn.example/y.js"]
+
+
+def _requirement_names(text: str) -> set[str]:
+    names = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "%")):
+            names.add(re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def _notebook_imports() -> dict[str, set[str]]:
+    """Top-level modules imported by the code cells of ``notebooks/*.ipynb``, with the notebooks."""
+    import json
+
+    found: dict[str, set[str]] = {}
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        for cell in cells:
+            if cell["cell_type"] != "code":
+                continue
+            for line in "".join(cell["source"]).splitlines():
+                m = re.match(r"\s*(?:from\s+([\w.]+)\s+import|import\s+([\w., ]+))", line)
+                if not m:
+                    continue
+                mods = [m.group(1)] if m.group(1) else [p.split(" as ")[0] for p in m.group(2).split(",")]
+                for mod in mods:
+                    found.setdefault(mod.strip().split(".")[0], set()).add(nb.name)
+    return found
+
+
+def test_docs_extra_installs_what_the_notebooks_import():
+    """``pip install -e ".[docs]"`` alone must be enough to execute every notebook in the build."""
+    import configparser
+    from importlib.metadata import packages_distributions
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg", encoding="utf-8")
+    provided = _requirement_names(cfg["options"]["install_requires"])
+    provided |= _requirement_names(cfg["options.extras_require"]["docs"])
+    provided = _with_dependencies(provided)
+    dists = packages_distributions()
+    imports = _notebook_imports()
+    # optional dependencies that scoresde imports on the notebooks' behalf
+    for marker, module in _OPTIONAL_IMPORTS.items():
+        users = {nb.name for nb in (ROOT / "notebooks").glob("*.ipynb") if marker in nb.read_text(encoding="utf-8")}
+        if users:
+            imports.setdefault(module, set()).update(users)
+    missing = {}
+    for module, notebooks in imports.items():
+        if module in sys.stdlib_module_names or module == "scoresde":
+            continue
+        names = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
+        if not names & provided:
+            missing[module] = sorted(notebooks)
+    assert not missing, f"notebook imports not installed by the docs extra (module: notebooks): {missing}"
+
+
+# a notebook that uses the marker needs the module, imported lazily inside scoresde
+_OPTIONAL_IMPORTS = {"digits": "sklearn"}
+
+
+def _with_dependencies(names: set[str]) -> set[str]:
+    """``names`` and everything they require when installed here (extras' markers ignored)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            reqs = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        todo.extend(sorted(_requirement_names("\n".join(r for r in reqs if "extra ==" not in r))))
+    return seen

@@ -49,3 +49,8 @@ def test_unknown_attribute_raises():
 def test_every_public_name_resolves():
     for name in sd.__all__:
         assert getattr(sd, name) is not None, name
+
+
+def test_non_finite_error_is_top_level():
+    assert sd.NonFiniteError is sd.samplers.NonFiniteError
+    assert issubclass(sd.NonFiniteError, FloatingPointError)
