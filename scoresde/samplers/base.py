@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import as_time, bcast
+from .._checks import as_time, bcast, check_linear
 from ..sde import SDE
 from .grids import LogSNRSchedule, resolve_grid
 
@@ -112,8 +112,11 @@ class Sampler(abc.ABC):
         """The time grid of a run: ``kind`` (a name, a schedule or a tensor, see
         :func:`~scoresde.samplers.grids.resolve_grid`) or, when ``None``, :attr:`default_grid`.
 
-        A sampler that owns its grid (``owns_grid = True``) overrides this method.
+        A sampler that owns its grid (``owns_grid = True``) overrides this method; one that
+        needs a :class:`~scoresde.LinearSDE` refuses any other SDE here, whatever the grid.
         """
+        if self.needs_linear_sde:
+            check_linear(sde, self.name or type(self).__name__)
         return resolve_grid(self.default_grid if kind is None else kind, sde, steps, eps)
 
     @abc.abstractmethod
