@@ -13,7 +13,7 @@ from .base import Sampler, SampleResult, tweedie_denoise
 from .discrete import DDIM, DDPM, EpsilonScore
 from .dpm_solver import DPMSolver, DPMSolverPlusPlus, UniPC
 from .driver import sample
-from .grids import GRIDS, LogSNRSchedule, time_grid
+from .grids import GRIDS, LogSNRSchedule, resolve_grid, time_grid
 from .ode import EulerODE, Heun
 from .optimize import optimize_schedule
 from .pc import AnnealedLangevin, Corrector, LangevinCorrector, PredictorCorrector, ReverseDiffusion
@@ -28,6 +28,7 @@ __all__ = [
     "resolve",
     "sample",
     "time_grid",
+    "resolve_grid",
     "tweedie_denoise",
     "GRIDS",
     "Sampler",

@@ -23,7 +23,7 @@ import torch
 
 from .._checks import check_end_time, check_int, check_linear, check_positive
 
-__all__ = ["GRIDS", "DEFAULT_STEPS", "DEFAULT_EPS", "LogSNRSchedule", "time_grid", "resolve_grid"]
+__all__ = ["GRIDS", "LogSNRSchedule", "time_grid", "resolve_grid"]
 
 GRIDS = ("uniform", "quadratic", "log_snr", "edm")
 
@@ -258,7 +258,7 @@ def resolve_grid(grid, sde, steps: int | None = None, eps: float | None = None) 
     Examples
     --------
     >>> import torch, scoresde as sd
-    >>> from scoresde.samplers.grids import resolve_grid
+    >>> from scoresde.samplers import resolve_grid
     >>> resolve_grid("quadratic", sd.VPSDE(), steps=2, eps=0.5).tolist()
     [1.0, 0.625, 0.5]
     >>> resolve_grid(torch.tensor([1.0, 0.5, 0.0]), sd.VPSDE()).tolist()
