@@ -285,3 +285,27 @@ def test_log_snr_grids_share_one_path():
                                rtol=1e-12, atol=1e-12)
     u = torch.linspace(0, 1, 7, dtype=torch.float64).tolist()
     assert torch.equal(LogSNRSchedule({6: u}).times(SDE, 6, EPS), time_grid(SDE, 6, EPS, "log_snr"))
+
+
+def test_a_non_finite_denoised_state_names_the_denoising_step():
+    grid = torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64)
+
+    def nan_at_end(x, t):
+        return torch.full_like(x, math.nan) if float(t[0]) < 0.2 else SCORE(x, t)
+
+    with pytest.raises(NonFiniteError, match=r"non-finite denoised state at step 2 \(t=0\)"):
+        sd.sample(SDE, nan_at_end, (4, 2), "ddim", grid=grid, denoise=True, check_finite=False)
+    with pytest.raises(NonFiniteError, match=r"non-finite score at step 2 \(t=0\.1\)"):
+        sd.sample(SDE, nan_at_end, (4, 2), "ddim", grid=grid, denoise=True)
+
+
+def test_the_single_reduction_does_not_mistake_an_overflow_for_a_non_finite_value():
+    from scoresde._runtime import CountingScore
+
+    big = torch.full((2, 1), 3e38, dtype=torch.float32)  # finite, but big + big overflows
+    counted = CountingScore(lambda x, t: x.clone(), "test")
+    assert torch.equal(counted(big, torch.zeros(2)), big) and counted.calls == 1
+    with pytest.raises(NonFiniteError, match="non-finite state at step 0"):
+        counted(torch.tensor([[math.inf], [0.0]]), torch.zeros(2))
+    unchecked = CountingScore(lambda x, t: x * math.nan, "test", check_finite=False)
+    assert bool(unchecked(big, torch.zeros(2)).isnan().all())
