@@ -6,7 +6,8 @@ import torch
 import scoresde as sd
 from scoresde import samplers as S
 
-CAPABILITIES = ("order", "nfe_per_step", "stochastic", "adaptive", "needs_linear_sde", "owns_grid")
+CAPABILITIES = ("order", "nfe_per_step", "stochastic", "adaptive", "needs_linear_sde", "owns_grid",
+                "default_grid", "evaluates_at_end")
 
 INSTANCES = [S.SAMPLERS[name]() for name in S.names()] + [
     S.Heun(euler_last=True),
@@ -19,7 +20,28 @@ INSTANCES = [S.SAMPLERS[name]() for name in S.names()] + [
     S.LangevinCorrector(n_steps=3),
     S.AnnealedLangevin(n_steps=2),
     S.DDIM(eta=1.0),
+    S.TorchSDE(method="srk"),
+    S.TorchSDE(method="milstein"),
+    S.PredictorCorrector(predictor="ddim", corrector="annealed_langevin", n_steps=2),
+    S.PredictorCorrector(predictor="dpm_solver", corrector=None),
 ]
+
+
+def test_every_registered_sampler_is_checked():
+    assert {type(s) for s in INSTANCES} == set(S.SAMPLERS.values())
+
+
+def test_declarations_that_depend_on_options():
+    assert S.TorchSDE(method="srk").order == 1.5 and S.TorchSDE(method="srk").nfe_per_step == 4
+    assert S.TorchSDE().order == 1 and not S.TorchSDE().evaluates_at_end
+    assert S.TorchSDE(method="srk").evaluates_at_end and S.TorchSDE(adaptive=True).evaluates_at_end
+    assert S.DDIM().stochastic is False and S.DDIM(eta=0.5).stochastic is True
+    assert S.Heun().evaluates_at_end and not S.Heun(euler_last=True).evaluates_at_end
+    assert S.PredictorCorrector(predictor="heun").evaluates_at_end
+    assert S.PredictorCorrector(predictor="ddim", corrector=None).stochastic is False
+    for cls in (S.DPMSolver, S.DPMSolverPlusPlus, S.UniPC):
+        assert cls.default_grid == "log_snr" and cls.needs_linear_sde and not cls.stochastic
+    assert S.DDPM.owns_grid and [c for c in S.SAMPLERS.values() if c.owns_grid] == [S.DDPM]
 
 
 @pytest.mark.parametrize("solver", INSTANCES, ids=repr)
@@ -29,6 +51,7 @@ def test_declared_nfe_matches_counted(solver):
     for name in CAPABILITIES:
         assert hasattr(type(solver), name), f"{type(solver).__name__} does not declare {name}"
     steps = (40, 41) if solver.owns_grid else (3, 4)
+    assert solver.default_grid in S.GRIDS and isinstance(solver.evaluates_at_end, bool)
     for k in steps:
         out = sd.sample(sde, score_fn, (4, 2), sampler=solver, steps=k,
                         generator=torch.Generator().manual_seed(0))
@@ -37,3 +60,32 @@ def test_declared_nfe_matches_counted(solver):
             assert declared is None
         else:
             assert declared == out.nfe, f"{solver!r} at {k} steps: declared {declared}, counted {out.nfe}"
+
+
+def test_the_docs_table_matches_the_declarations():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "samplers.rst").read_text()
+    section = text.split("Declared capabilities", 1)[1]
+    lines = section[section.index("   * - name"):].splitlines()
+    rows = []
+    for line in lines:
+        if line.startswith("   * - "):
+            rows.append([line[7:].strip("`")])
+        elif line.startswith("     - "):
+            rows[-1].append(line[7:].strip("`"))
+        else:
+            break
+    header, body = rows[0], rows[1:]
+    assert header == ["name", "order", "nfe_per_step", "stochastic", "needs_linear_sde", "default_grid",
+                      "evaluates_at_end"]
+    yn = {True: "yes", False: "no"}
+    documented = {}
+    for r in body:
+        s = S.SAMPLERS[r[0]]()
+        documented[r[0]] = r[1:]
+        assert r[1:] == ["—" if s.order is None else f"{s.order:g}",
+                         "adaptive" if s.adaptive else str(s.nfe_per_step), yn[s.stochastic],
+                         yn[s.needs_linear_sde], "its own" if s.owns_grid else s.default_grid,
+                         yn[s.evaluates_at_end]], r[0]
+    assert sorted(documented) == S.names()

@@ -185,15 +185,23 @@ def test_adaptive_ode_matches_scipy(method):
 
 def test_time_grid_option():
     sde = sd.VPSDE()
-    default = DPMSolverPlusPlus().grid(sde, 8, EPS, "uniform")
+    default = DPMSolverPlusPlus().grid(sde, 8, EPS)
     torch.testing.assert_close(default, sd.samplers.time_grid(sde, 8, EPS, "log_snr"))
-    driver = DPMSolverPlusPlus(time_grid=None).grid(sde, 8, EPS, "quadratic")
+    with pytest.warns(DeprecationWarning, match="time_grid"):
+        driver = DPMSolverPlusPlus(time_grid=None).grid(sde, 8, EPS, "quadratic")
     torch.testing.assert_close(driver, sd.samplers.time_grid(sde, 8, EPS, "quadratic"))
-    edm = DPMSolver(time_grid="edm").grid(sde, 8, EPS, "edm")
+    with pytest.warns(DeprecationWarning, match="time_grid"):
+        edm = DPMSolver(time_grid="edm").grid(sde, 8, EPS, "edm")
     torch.testing.assert_close(edm, sd.samplers.time_grid(sde, 8, EPS, "edm"))
+    # an explicit grid is used as given (no longer a conflict with the log-SNR default) ...
+    seen = []
+    sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (4, 2), "dpm_solver_pp", steps=4, eps=EPS,
+              grid="edm", callback=lambda i, t, x: seen.append(t))
+    assert seen == sd.samplers.time_grid(sde, 4, EPS, "edm")[1:].tolist()
+    # ... and one the solver cannot step on (log-SNR infinite at t = 0) is refused
     with pytest.raises(ValueError, match="grid"):
-        sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (4, 2), "dpm_solver_pp", steps=4,
-                  grid="edm")
+        sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (4, 2), "dpm_solver_pp",
+                  grid=torch.tensor([1.0, 0.5, 0.0]))
 
 
 @pytest.mark.parametrize("factory,match,exc", [

@@ -95,19 +95,25 @@ def test_json_round_trip_and_bad_dicts():
         LogSNRSchedule.from_dict({"fractions": {"x": [0.0, 1.0]}})
 
 
-def test_samplers_take_a_schedule_and_refuse_a_conflicting_driver_grid():
+def test_samplers_take_a_schedule_as_their_grid():
     sde, target = sd.VPSDE(), sd.imbalanced_2d()
     sched = LogSNRSchedule({4: [0.0, 0.4, 0.6, 0.8, 1.0]})
-    smp = UniPC(time_grid=sched)
-    times = smp.grid(sde, 4, EPS, "uniform")
+    smp = UniPC()
+    times = smp.grid(sde, 4, EPS, sched)
     assert torch.equal(times, sched.times(sde, 4, EPS))
-    with pytest.raises(ValueError, match="conflicts"):
-        smp.grid(sde, 4, EPS, "edm")
-    with pytest.raises(ValueError, match="LogSNRSchedule"):
-        DPMSolverPlusPlus(time_grid="cosine")
-    out = sd.sample(sde, target.score_fn(sde), (32, 2), smp, steps=4, eps=EPS,
-                    generator=torch.Generator().manual_seed(0))
+    seen = []
+    out = sd.sample(sde, target.score_fn(sde), (32, 2), smp, steps=4, eps=EPS, grid=sched,
+                    generator=torch.Generator().manual_seed(0), callback=lambda i, t, x: seen.append(t))
     assert out.nfe == 4
+    assert seen == times[1:].tolist()
+    # an explicit grid is never overridden: the schedule of the deprecated option is only a default
+    with pytest.warns(DeprecationWarning, match="time_grid"):
+        old = UniPC(time_grid=sched)
+    assert old.default_grid is sched
+    assert torch.equal(old.grid(sde, 4, EPS), times)
+    assert torch.equal(old.grid(sde, 4, EPS, "edm"), sd.samplers.time_grid(sde, 4, EPS, "edm"))
+    with pytest.raises(ValueError, match="LogSNRSchedule"), pytest.warns(DeprecationWarning):
+        DPMSolverPlusPlus(time_grid="cosine")
 
 
 def test_optimize_schedule_refuses_bad_input():
@@ -165,8 +171,8 @@ def test_optimised_grid_beats_uniform_log_snr_on_unseen_draws():
     ref_logp = float(target.log_prob(big).mean())
     errs = {}
     for label, grid in (("opt", sched), ("log_snr", "log_snr")):
-        smp = UniPC(lower_order_final=False, time_grid=grid)
-        out = sd.sample(sde, score, (n, 2), smp, steps=10, eps=EPS, dtype=torch.float64,
+        smp = UniPC(lower_order_final=False)
+        out = sd.sample(sde, score, (n, 2), smp, steps=10, eps=EPS, grid=grid, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(123))
         assert out.nfe == 10
         errs[label] = _mixture_error(out.samples, target, ref_logp)

@@ -52,7 +52,8 @@ class DDPM(Sampler):
 
     The grid is the schedule's own: :meth:`grid` returns :math:`t_N, t_{N-1}, \dots, t_1, 0`
     (the score is evaluated at :math:`t_N..t_1`; the final state is :math:`x_0` at time 0). It
-    ignores ``eps``, and only the ``"uniform"`` grid kind is accepted. Needs an SDE with a
+    ignores ``eps``; DDPM owns its grid (``owns_grid``), so :func:`scoresde.sample` refuses any
+    ``grid`` but ``None``, and ``denoise`` (the last step already returns :math:`x_0`). Needs an SDE with a
     ``discretize`` method (:class:`~scoresde.VPSDE`, :class:`~scoresde.CosineVPSDE`).
 
     Parameters
@@ -64,6 +65,7 @@ class DDPM(Sampler):
     name = "ddpm"
     stochastic = True
     owns_grid = True
+    evaluates_at_end = False  # its grid ends at t = 0, where no score is evaluated
     VARIANCES = ("beta", "beta_tilde")
 
     def __init__(self, variance: str = "beta"):
@@ -71,9 +73,9 @@ class DDPM(Sampler):
             raise ValueError(f"variance must be one of {self.VARIANCES}, got {variance!r}")
         self.variance = variance
 
-    def grid(self, sde, steps, eps, kind):
+    def grid(self, sde, steps, eps=None, kind=None):
         steps = check_int("steps", steps, minimum=2)
-        if kind != "uniform":
+        if kind not in (None, "uniform"):
             raise ValueError(
                 f"DDPM runs on its schedule's own grid; kind must be 'uniform', got {kind!r}"
             )
@@ -202,6 +204,7 @@ class DDIM(Sampler):
     """
 
     name = "ddim"
+    evaluates_at_end = False
 
     def __init__(self, eta: float = 0.0):
         self.eta = check_positive("eta", eta, strict=False)

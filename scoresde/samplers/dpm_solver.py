@@ -13,7 +13,7 @@ For a linear SDE with transition :math:`\mathcal N(s(t)\,x_0, \sigma(t)^2 I)` an
 
 with the noise prediction :math:`\hat\epsilon = -\sigma\,\hat s` and the data prediction
 (Tweedie) :math:`\hat x_0 = (x + \sigma^2 \hat s)/s`, both read off the score
-:math:`\hat s = \nabla_x \log p_t(x)` (THEORY §5). The linear part is integrated exactly; only
+:math:`\hat s = \nabla_x \log p_t(x)` (Tweedie's formula, Efron 2011). The linear part is integrated exactly; only
 the (slowly varying) prediction is approximated by a Taylor expansion in :math:`\lambda`. This
 is why these solvers stay accurate at 10–20 score evaluations where Euler or Heun in ``t`` do not.
 
@@ -23,13 +23,14 @@ Samplers here need a :class:`~scoresde.LinearSDE` (``log_snr`` and ``t_from_log_
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from .._checks import check_int, check_linear
 from .._runtime import time_vector
-from .base import GRIDS, Sampler, scale_and_std, time_grid
-from .schedule import LogSNRSchedule
+from .base import Sampler, scale_and_std
+from .grids import GRIDS, LogSNRSchedule
 
 __all__ = ["DPMSolver", "DPMSolverPlusPlus", "UniPC"]
 
@@ -42,34 +43,45 @@ def _log_snr(sde, times) -> list[float]:
     return sde.log_snr(t).tolist()
 
 
-def _check_time_grid(time_grid_opt):
-    if isinstance(time_grid_opt, LogSNRSchedule):
-        return time_grid_opt
-    if time_grid_opt is not None and time_grid_opt not in GRIDS:
+_UNSET = object()  # the removed ``time_grid`` option was not passed
+
+
+def _deprecated_time_grid(sampler: Sampler, time_grid) -> None:
+    """The removed ``time_grid=`` option: warn, then make it this instance's default grid."""
+    if time_grid is _UNSET:
+        return
+    warnings.warn(
+        f"{type(sampler).__name__}(time_grid=...) is deprecated and will be removed in the next "
+        "release; pass grid= to scoresde.sample instead (or set the instance's default_grid)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if time_grid is None:  # it meant "the driver's grid", whose default was "uniform"
+        time_grid = "uniform"
+    if not (isinstance(time_grid, LogSNRSchedule) or (isinstance(time_grid, str) and time_grid in GRIDS)):
         raise ValueError(
-            f"time_grid must be None, a LogSNRSchedule or one of {GRIDS}, got {time_grid_opt!r}")
-    return time_grid_opt
+            f"time_grid must be None, a LogSNRSchedule or one of {GRIDS}, got {time_grid!r}")
+    sampler.default_grid = time_grid
 
 
 class _LogSNRSampler(Sampler):
-    """Shared grid logic: the class option ``time_grid`` (default ``"log_snr"``)."""
+    """What the log-SNR solvers declare alike: deterministic, LinearSDE, ``log_snr`` grid."""
 
     stochastic = False
-    time_grid: str | LogSNRSchedule | None = "log_snr"
+    needs_linear_sde = True
+    default_grid = "log_snr"
+    evaluates_at_end = False  # the score is evaluated at t_i and inside (t_{i+1}, t_i) only
 
-    def grid(self, sde, steps, eps, kind):
-        check_linear(sde, type(self).__name__)
-        if self.time_grid is None:
-            return time_grid(sde, steps, eps=eps, kind=kind)
-        if kind not in ("uniform", self.time_grid):
-            raise ValueError(
-                f"grid={kind!r} conflicts with {type(self).__name__}(time_grid="
-                f"{self.time_grid!r}); pass time_grid=None to use the driver's grid, or "
-                f"time_grid={kind!r}"
-            )
-        if isinstance(self.time_grid, LogSNRSchedule):
-            return self.time_grid.times(sde, steps, eps)
-        return time_grid(sde, steps, eps=eps, kind=self.time_grid)
+    @property
+    def time_grid(self):
+        """Deprecated alias of :attr:`~scoresde.samplers.Sampler.default_grid`."""
+        warnings.warn("time_grid is deprecated; use default_grid (or sample(..., grid=...))",
+                      DeprecationWarning, stacklevel=2)
+        return self.default_grid
+
+    @time_grid.setter
+    def time_grid(self, value) -> None:
+        _deprecated_time_grid(self, value)
 
 
 class DPMSolver(_LogSNRSampler):
@@ -106,13 +118,18 @@ class DPMSolver(_LogSNRSampler):
     order : {1, 2, 3}
         Order of the solver (default 2).
     time_grid : {"log_snr", "edm", "quadratic", "uniform"}, LogSNRSchedule or None
-        The grid this sampler integrates over (default ``"log_snr"``, uniform steps in
-        :math:`\lambda`, the paper's choice). ``None`` uses the ``grid`` argument of
-        :func:`scoresde.sample`; a string wins over the driver's default ``"uniform"`` and
-        a different explicit driver grid raises ``ValueError``. A
-        :class:`~scoresde.samplers.LogSNRSchedule` (from
-        :func:`~scoresde.samplers.optimize_schedule`) gives a grid optimised for the model. See
-        :class:`DPMSolverPlusPlus` for what each grid costs.
+        Deprecated (removed in the next release): sets this instance's
+        :attr:`~scoresde.samplers.Sampler.default_grid` (``None``: ``"uniform"``) and warns.
+        Pass ``grid=`` to :func:`scoresde.sample` instead.
+
+    Notes
+    -----
+    The default grid (``grid=None`` in :func:`scoresde.sample`) is ``"log_snr"``, uniform
+    steps in :math:`\lambda`, the paper's choice; any other grid passed to
+    :func:`scoresde.sample` is used as given, e.g. a :class:`~scoresde.samplers.LogSNRSchedule`
+    from :func:`~scoresde.samplers.optimize_schedule`, optimised for the model. See
+    :class:`DPMSolverPlusPlus` for what each grid costs. The grid must end at ``t > 0`` when
+    :math:`\lambda(0)` is infinite (VP, sub-VP, cosine VP).
 
     References
     ----------
@@ -131,15 +148,13 @@ class DPMSolver(_LogSNRSampler):
     """
 
     name = "dpm_solver"
-    stochastic = False
-    needs_linear_sde = True
 
-    def __init__(self, order: int = 2, time_grid: str | None = "log_snr"):
+    def __init__(self, order: int = 2, time_grid=_UNSET):
         order = check_int("order", order)
         if order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order}")
         self.order = order
-        self.time_grid = _check_time_grid(time_grid)
+        _deprecated_time_grid(self, time_grid)
 
     @property
     def nfe_per_step(self) -> int:
@@ -219,13 +234,14 @@ class DPMSolverPlusPlus(_LogSNRSampler):
     :math:`\lambda` are long relative to how fast :math:`\hat x_0` still moves on tight modes, and
     the lower-order final steps are more stable there.
 
-    Grids (measured in the previous release with ``benchmarks/bench_fast_samplers.py`` at
-    eps = 1e-3, n = 2000, one seed: combined error of :func:`scoresde.metrics.evaluate`, noise
-    floor 0.16 on ``imbalanced_2d``, 0.38 on ``anisotropic_64d``). Every grid costs the same
-    (times are computed once, in closed form for VP/VE/sub-VP); what differs is where the steps
-    go:
+    Grids, passed as ``grid=`` to :func:`scoresde.sample` (measured with
+    ``benchmarks/bench_fast_samplers.py`` at eps = 1e-3, n = 2000, one seed: combined error of
+    :func:`scoresde.metrics.evaluate`, noise floor 0.16 on ``imbalanced_2d``, 0.38 on
+    ``anisotropic_64d``; the current table is on the "Choosing a sampler" page). Every grid
+    costs the same (times are computed once, in closed form for VP/VE/sub-VP); what differs
+    is where the steps go:
 
-    - ``"log_snr"`` (default): equal steps in :math:`\lambda`, the variable the solver
+    - ``"log_snr"`` (the default grid): equal steps in :math:`\lambda`, the variable the solver
       expands in. The only fixed grid that is good on *both* stiff targets at 20–50 NFE
       (2M: 0.29/0.17 and 1.49/0.95 at 20/50 NFE; 3M: 0.34/0.12 and 1.24/0.69).
     - ``"quadratic"`` (dense near the data in ``t``): on par at 20+ NFE on the 2-D target and
@@ -271,7 +287,7 @@ class DPMSolverPlusPlus(_LogSNRSampler):
     warmup : {"lower_order", "singlestep"}
         How the first step is taken (see above; default ``"lower_order"``, the paper's).
     time_grid : {"log_snr", "edm", "quadratic", "uniform"}, LogSNRSchedule or None
-        As for :class:`DPMSolver`: default ``"log_snr"``; ``None`` uses the driver's ``grid``.
+        Deprecated, as for :class:`DPMSolver`; pass ``grid=`` to :func:`scoresde.sample`.
 
     References
     ----------
@@ -290,13 +306,11 @@ class DPMSolverPlusPlus(_LogSNRSampler):
     """
 
     name = "dpm_solver_pp"
-    stochastic = False
-    needs_linear_sde = True
 
     WARMUPS = ("lower_order", "singlestep")
 
     def __init__(self, order: int = 2, lower_order_final: bool = True,
-                 time_grid: str | None = "log_snr", warmup: str = "lower_order"):
+                 time_grid=_UNSET, warmup: str = "lower_order"):
         order = check_int("order", order)
         if order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order}")
@@ -304,10 +318,10 @@ class DPMSolverPlusPlus(_LogSNRSampler):
             raise TypeError(f"lower_order_final must be a bool, got {type(lower_order_final).__name__}")
         self.order = order
         self.lower_order_final = lower_order_final
-        self.time_grid = _check_time_grid(time_grid)
         if warmup not in self.WARMUPS:
             raise ValueError(f"warmup must be one of {self.WARMUPS}, got {warmup!r}")
         self.warmup = warmup
+        _deprecated_time_grid(self, time_grid)
 
     def step_orders(self, steps: int) -> list[int]:
         """The order used at each of ``steps`` steps (warm-up and, optionally, final steps)."""
@@ -387,8 +401,10 @@ class UniPC(DPMSolverPlusPlus):
     ----------
     order : {1, 2}
         Predictor order (default 2); the corrector adds one.
-    lower_order_final, time_grid
-        As for :class:`DPMSolverPlusPlus` (they apply to the predictor).
+    lower_order_final
+        As for :class:`DPMSolverPlusPlus` (it applies to the predictor).
+    time_grid
+        Deprecated, as for :class:`DPMSolver`; pass ``grid=`` to :func:`scoresde.sample`.
 
     References
     ----------
@@ -407,15 +423,13 @@ class UniPC(DPMSolverPlusPlus):
     """
 
     name = "unipc"
-    stochastic = False
-    needs_linear_sde = True
 
-    def __init__(self, order: int = 2, lower_order_final: bool = True,
-                 time_grid: str | None = "log_snr"):
+    def __init__(self, order: int = 2, lower_order_final: bool = True, time_grid=_UNSET):
         order = check_int("order", order)
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
-        super().__init__(order=order, lower_order_final=lower_order_final, time_grid=time_grid)
+        super().__init__(order=order, lower_order_final=lower_order_final)
+        _deprecated_time_grid(self, time_grid)
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         check_linear(sde, type(self).__name__)

@@ -23,6 +23,7 @@ class EulerODE(Sampler):
     name = "euler_ode"
     order = 1
     stochastic = False
+    evaluates_at_end = False
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         flow = sde.probability_flow(score_fn)
@@ -55,6 +56,11 @@ class Heun(Sampler):
 
     def nfe(self, steps: int) -> int:
         return 2 * steps - (1 if self.euler_last else 0)
+
+    @property
+    def evaluates_at_end(self) -> bool:
+        """The second stage of the last step is at the last grid time, unless ``euler_last``."""
+        return not self.euler_last
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         flow = sde.probability_flow(score_fn)

@@ -15,6 +15,7 @@ read off :meth:`~scoresde.SDE.marginal`, so the same code serves every linear SD
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -23,7 +24,7 @@ from .._checks import check_int, check_positive
 from .._runtime import gaussian_like, time_vector
 from .base import Sampler, scale_and_std
 
-__all__ = ["ReverseDiffusion", "LangevinCorrector", "AnnealedLangevin", "PredictorCorrector"]
+__all__ = ["ReverseDiffusion", "Corrector", "LangevinCorrector", "AnnealedLangevin", "PredictorCorrector"]
 
 
 class ReverseDiffusion(Sampler):
@@ -49,6 +50,7 @@ class ReverseDiffusion(Sampler):
 
     name = "reverse_diffusion"
     stochastic = True
+    evaluates_at_end = False
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         ts = times.tolist()
@@ -63,11 +65,32 @@ class ReverseDiffusion(Sampler):
         return x
 
 
-class LangevinCorrector(Sampler):
+class Corrector(abc.ABC):
+    r"""The corrector role of predictor–corrector sampling (Song et al. 2021, §4.2).
+
+    A corrector moves a state at a *fixed* time :math:`t` towards the marginal :math:`p_t`
+    (Langevin MCMC), whatever error the predictor made; it does not advance time. A subclass
+    implements :meth:`correct` and declares :attr:`nfe_per_correct`.
+    :class:`PredictorCorrector` accepts only correctors as ``corrector``.
+    """
+
+    @property
+    def nfe_per_correct(self) -> int:
+        """Score evaluations of one :meth:`correct` call."""
+        return 1
+
+    @abc.abstractmethod
+    def correct(self, sde, score_fn, x: torch.Tensor, t: float, t_next: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """The corrected state, still at time ``t`` (``t_next`` is the neighbouring grid time)."""
+
+
+class LangevinCorrector(Corrector, Sampler):
     r"""Langevin corrector with a signal-to-noise step size (Song et al. 2021, Alg. 4 and 5).
 
     At a fixed time :math:`t` it makes ``n_steps`` unadjusted Langevin steps targeting
-    :math:`p_t` (THEORY §4), with :math:`z \sim \mathcal N(0, I)` drawn afresh each step,
+    :math:`p_t` (the unadjusted Langevin algorithm of Roberts & Tweedie 1996, Bernoulli 2(4)),
+    with :math:`z \sim \mathcal N(0, I)` drawn afresh each step,
 
     .. math:: x \leftarrow x + \epsilon\,\nabla\log p_t(x) + \sqrt{2\epsilon}\,z, \qquad
               \epsilon = 2\alpha \left(\frac{\mathrm{snr}\cdot\overline{\lVert z \rVert}}
@@ -111,6 +134,11 @@ class LangevinCorrector(Sampler):
     @property
     def nfe_per_step(self) -> int:
         """One score evaluation per Langevin step."""
+        return self.n_steps
+
+    @property
+    def nfe_per_correct(self) -> int:
+        """``n_steps``: one score evaluation per Langevin step."""
         return self.n_steps
 
     def _step_size(self, grad, z, alpha: float, sigma: float):
@@ -214,46 +242,53 @@ class AnnealedLangevin(LangevinCorrector):
         return 2.0 * alpha * (self.snr * sigma) ** 2
 
 
-def _resolve_predictor(predictor) -> Sampler:
-    from . import SAMPLERS, names
+def _is_predictor(cls_or_obj) -> bool:
+    """Whether a sampler can be PC's predictor: it takes one step between any two grid times."""
+    return not (isinstance(cls_or_obj, (Corrector, PredictorCorrector))
+                or (isinstance(cls_or_obj, type) and issubclass(cls_or_obj, (Corrector, PredictorCorrector)))
+                or cls_or_obj.adaptive or cls_or_obj.owns_grid)
 
+
+def _registry():
+    # The name table lists PredictorCorrector itself, so it is read when a PC is built (by
+    # name resolution), not when this module is imported.
+    from .registry import SAMPLERS
+
+    return SAMPLERS
+
+
+def _predictor(predictor) -> Sampler:
+    table = _registry()
+    valid = sorted(k for k, cls in table.items() if _is_predictor(cls))
     if isinstance(predictor, str):
-        if predictor not in SAMPLERS:
-            raise ValueError(f"unknown predictor {predictor!r}; valid names: {', '.join(names())}")
-        predictor = SAMPLERS[predictor]()
+        if predictor not in table:
+            raise ValueError(f"unknown predictor {predictor!r}; valid predictors: {', '.join(valid)}")
+        predictor = table[predictor]()
     elif not isinstance(predictor, Sampler):
         raise TypeError(
-            "predictor must be a sampler name or a Sampler instance, got "
-            f"{type(predictor).__name__}"
-        )
-    if type(predictor).grid is not Sampler.grid:
+            f"predictor must be a sampler name or a Sampler instance, got {type(predictor).__name__}")
+    if not _is_predictor(predictor):
         label = predictor.name or type(predictor).__name__
+        why = ("is a corrector or a predictor-corrector" if isinstance(predictor, (Corrector, PredictorCorrector))
+               else "picks its own steps" if predictor.adaptive else "runs on its own time grid")
         raise ValueError(
-            f"predictor {label!r} runs on its own time grid and cannot take single steps "
-            "between arbitrary grid times"
-        )
+            f"predictor {label!r} {why} and cannot take single steps between arbitrary grid "
+            f"times; valid predictors: {', '.join(valid)}")
     return predictor
 
 
-def _resolve_corrector(corrector, snr: float, n_steps: int):
-    from . import SAMPLERS
-
-    valid = sorted(k for k, cls in SAMPLERS.items() if callable(getattr(cls, "correct", None)))
-    if corrector is None:
-        return None
+def _corrector(corrector, snr: float, n_steps: int):
+    if corrector is None or isinstance(corrector, Corrector):
+        return corrector
+    table = _registry()
+    valid = sorted(k for k, cls in table.items() if issubclass(cls, Corrector))
     if isinstance(corrector, str):
         if corrector not in valid:
-            raise ValueError(
-                f"unknown corrector {corrector!r}; valid names: {', '.join(valid)} (or None)"
-            )
-        return SAMPLERS[corrector](snr=snr, n_steps=n_steps)
-    if not callable(getattr(corrector, "correct", None)):
-        raise TypeError(
-            "corrector must be a corrector name, an object with a correct(sde, score_fn, x, t, "
-            "t_next, generator) method (e.g. LangevinCorrector) or None, got "
-            f"{type(corrector).__name__}"
-        )
-    return corrector
+            raise ValueError(f"unknown corrector {corrector!r}; valid correctors: {', '.join(valid)} (or None)")
+        return table[corrector](snr=snr, n_steps=n_steps)
+    raise TypeError(
+        f"corrector must be a corrector name ({', '.join(valid)}), a Corrector instance or None, "
+        f"got {type(corrector).__name__}")
 
 
 class PredictorCorrector(Sampler):
@@ -275,10 +310,12 @@ class PredictorCorrector(Sampler):
     ----------
     predictor : str or Sampler
         A name from :func:`~scoresde.samplers.names` (built with default options) or a sampler
-        object. Samplers with their own grid (DDPM) cannot be used.
-    corrector : str, LangevinCorrector or None
+        object that takes single steps between arbitrary grid times. Refused, with the list of
+        valid names: correctors (``"langevin"``, ``"annealed_langevin"``), ``"pc"`` itself,
+        adaptive solvers and samplers with their own grid (DDPM).
+    corrector : str, Corrector or None
         ``"langevin"`` (the paper's), ``"annealed_langevin"`` (NCSN's noise-scaled step,
-        score_sde's "ald"), an object with a ``correct`` method, or None for predictor only.
+        score_sde's "ald"), a :class:`Corrector` instance, or None for predictor only.
     snr : float
         Signal-to-noise ratio of the corrector (> 0), used when ``corrector`` is a name. The
         default 0.16 is the paper's; on targets with modes much narrower than others a smaller
@@ -305,8 +342,8 @@ class PredictorCorrector(Sampler):
                  n_steps: int = 1):
         snr = check_positive("snr", snr)
         n_steps = check_int("n_steps", n_steps)
-        self.predictor = _resolve_predictor(predictor)
-        self.corrector = _resolve_corrector(corrector, snr, n_steps)
+        self.predictor = _predictor(predictor)
+        self.corrector = _corrector(corrector, snr, n_steps)
 
     @property
     def stochastic(self) -> bool:
@@ -321,11 +358,22 @@ class PredictorCorrector(Sampler):
     @property
     def nfe_per_step(self) -> int:
         """The predictor's evaluations plus the corrector's Langevin steps."""
-        return self.predictor.nfe_per_step + (self.corrector.n_steps if self.corrector is not None else 0)
+        return self.predictor.nfe_per_step + (self.corrector.nfe_per_correct if self.corrector is not None else 0)
 
     @property
     def needs_linear_sde(self) -> bool:
+        """The predictor's."""
         return bool(self.predictor.needs_linear_sde)
+
+    @property
+    def evaluates_at_end(self) -> bool:
+        """The predictor's (the corrector runs at the start of each step)."""
+        return bool(self.predictor.evaluates_at_end)
+
+    @property
+    def default_grid(self):
+        """The predictor's default grid."""
+        return self.predictor.default_grid
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         ts = times.tolist()

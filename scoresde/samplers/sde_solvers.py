@@ -22,6 +22,7 @@ class EulerMaruyama(Sampler):
 
     name = "euler_maruyama"
     stochastic = True
+    evaluates_at_end = False
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         reverse = sde.reverse(score_fn)

@@ -136,6 +136,24 @@ class TorchSDE(Sampler):
     name = "torchsde"
     stochastic = True
     # ``adaptive`` is set per instance; with ``dt`` the NFE follows dt, not ``steps``
+    ORDERS = {"euler": 1, "milstein": 1, "srk": 1.5}  # weak orders, as torchsde declares them
+    NFE_PER_STEP = {"euler": 1, "milstein": 1, "srk": 4}
+
+    @property
+    def order(self) -> float:
+        """Weak order of the method (torchsde's ``weak_order``): 1, 1 and 1.5 for ``srk``."""
+        return self.ORDERS[self.method]
+
+    @property
+    def nfe_per_step(self) -> int:
+        """Drift (score) evaluations per step: 1 (``euler``, ``milstein``) or 4 (``srk``)."""
+        return self.NFE_PER_STEP[self.method]
+
+    @property
+    def evaluates_at_end(self) -> bool:
+        """``srk`` evaluates the drift at the end of each step (its stage ``c = 1``); so may the
+        adaptive controller; Euler and Milstein steps evaluate it only at their start."""
+        return self.adaptive or self.method == "srk"
 
     def __init__(
         self,

@@ -37,118 +37,19 @@ nearest optimised count is interpolated linearly in :math:`i/N` (as Align Your S
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .._checks import check_end_time, check_int, check_linear
-from .base import Sampler, resolve, time_grid
+from .._checks import check_int, check_linear
+from .._runtime import CountingScore
+from .base import Sampler
+from .dpm_solver import UniPC
+from .grids import LogSNRSchedule, _fraction_times, time_grid
+from .registry import resolve
 
-__all__ = ["LogSNRSchedule", "optimize_schedule"]
-
-
-def _check_fractions(steps: int, values) -> torch.Tensor:
-    f = torch.as_tensor(values, dtype=torch.float64).detach().cpu().reshape(-1)
-    if f.numel() != steps + 1:
-        raise ValueError(f"fractions for {steps} steps must have {steps + 1} entries, got {f.numel()}")
-    if not bool(torch.isfinite(f).all()):
-        raise ValueError(f"fractions for {steps} steps must be finite")
-    if f[0] != 0.0 or f[-1] != 1.0 or not bool((f[1:] > f[:-1]).all()):
-        raise ValueError(
-            f"fractions for {steps} steps must increase strictly from 0 to 1, got {f.tolist()}")
-    return f
-
-
-def _times(sde, f: torch.Tensor, eps: float) -> torch.Tensor:
-    """Times whose log-SNR splits ``[lambda(T), lambda(eps)]`` at the fractions ``f``; exact ends."""
-    lam_T, lam_eps = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)).tolist()
-    times = sde.t_from_log_snr(lam_T + (lam_eps - lam_T) * f)
-    times[0], times[-1] = sde.T, eps
-    return times
-
-
-class LogSNRSchedule:
-    r"""Time grids stored as fractions of the log-SNR range, one per optimised step count.
-
-    For ``steps`` steps, an SDE and an end time ``eps`` the grid is
-    :math:`\lambda_i = \lambda(T) + f_i\,(\lambda(\epsilon) - \lambda(T))`, mapped back to times
-    with ``sde.t_from_log_snr``. Pass a schedule as ``time_grid`` to
-    :class:`~scoresde.samplers.DPMSolver`, :class:`~scoresde.samplers.DPMSolverPlusPlus` or
-    :class:`~scoresde.samplers.UniPC`; build one with :func:`optimize_schedule`.
-
-    Parameters
-    ----------
-    fractions : mapping int -> sequence of float
-        For each step count ``N >= 1``, ``N + 1`` fractions increasing strictly from 0 to 1.
-    report : dict, optional
-        How the schedule was made (kept as :attr:`report`, e.g. the optimiser's cost).
-
-    Examples
-    --------
-    >>> import scoresde as sd
-    >>> from scoresde.samplers import LogSNRSchedule
-    >>> sched = LogSNRSchedule({2: [0.0, 0.75, 1.0]})
-    >>> sched.fractions(4).tolist()          # interpolated from the 2-step grid
-    [0.0, 0.375, 0.75, 0.875, 1.0]
-    >>> sde = sd.VPSDE()
-    >>> lam = sde.log_snr(sched.times(sde, 2, eps=1e-3))
-    >>> round(float((lam[1] - lam[0]) / (lam[2] - lam[0])), 6)
-    0.75
-    """
-
-    def __init__(self, fractions: Mapping[int, Sequence[float]], report: dict | None = None):
-        if not isinstance(fractions, Mapping) or not fractions:
-            raise TypeError("fractions must be a non-empty mapping from step counts to fractions")
-        self._fractions = {}
-        for steps, values in fractions.items():
-            steps = check_int("fractions key (steps)", steps)
-            self._fractions[steps] = _check_fractions(steps, values)
-        self.report = dict(report) if report is not None else {}
-
-    @property
-    def steps(self) -> tuple[int, ...]:
-        """The step counts the schedule holds a grid for, ascending."""
-        return tuple(sorted(self._fractions))
-
-    def fractions(self, steps: int) -> torch.Tensor:
-        """The ``steps + 1`` fractions for ``steps`` steps (float64), interpolated if needed."""
-        steps = check_int("steps", steps)
-        if steps in self._fractions:
-            return self._fractions[steps].clone()
-        nearest = min(self._fractions, key=lambda k: (abs(k - steps), k))
-        knots = self._fractions[nearest].numpy()
-        u = np.linspace(0.0, 1.0, steps + 1)
-        f = np.interp(u, np.linspace(0.0, 1.0, nearest + 1), knots)
-        f[0], f[-1] = 0.0, 1.0
-        return torch.from_numpy(f)
-
-    def times(self, sde, steps: int, eps: float = 1e-3) -> torch.Tensor:
-        """The decreasing float64 time grid from ``sde.T`` to ``eps`` for ``steps`` steps."""
-        check_linear(sde, "a log-SNR schedule")
-        return _times(sde, self.fractions(steps), check_end_time(sde, eps))
-
-    def to_dict(self) -> dict:
-        """Plain-Python form (for JSON); :meth:`from_dict` inverts it."""
-        return {"fractions": {str(k): v.tolist() for k, v in sorted(self._fractions.items())},
-                "report": self.report}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> LogSNRSchedule:
-        """Rebuild a schedule from :meth:`to_dict` output."""
-        if not isinstance(data, Mapping) or "fractions" not in data:
-            raise ValueError("data must be a mapping with a 'fractions' entry (from to_dict)")
-        raw = data["fractions"]
-        if not isinstance(raw, Mapping):
-            raise ValueError("data['fractions'] must be a mapping from step counts to fractions")
-        try:
-            fractions = {int(k): v for k, v in raw.items()}
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"data['fractions'] keys must be step counts: {exc}") from None
-        return cls(fractions, report=data.get("report"))
-
-    def __repr__(self) -> str:
-        return f"LogSNRSchedule(steps={list(self.steps)})"
+__all__ = ["optimize_schedule"]
 
 
 _PROBE_SIZE, _RESTART_SIZE = 1.0, 0.3
@@ -194,7 +95,7 @@ def optimize_schedule(
         ``(m, *event_shape)`` of the pilot batch; a few hundred to a few thousand points.
     sampler : str or Sampler
         ``"unipc"``, ``"dpm_solver_pp"``, ``"dpm_solver"`` or such an instance (its
-        ``run`` is called on explicit grids, so its own ``time_grid`` is ignored).
+        ``run`` is called on explicit grids, so its ``default_grid`` is ignored).
     steps : int or sequence of int
         Step count(s) to optimise; each gets its own grid, optimised independently.
     eps : float
@@ -236,15 +137,12 @@ def optimize_schedule(
     >>> r = sched.report["per_steps"][5]
     >>> r["optimized"] < r["uniform_log_snr"]
     True
-    >>> out = sd.sample(sde, target.score_fn(sde), (64, 2), UniPC(time_grid=sched), steps=5,
+    >>> out = sd.sample(sde, target.score_fn(sde), (64, 2), UniPC(), steps=5, grid=sched,
     ...                 generator=torch.Generator().manual_seed(1))
     >>> out.nfe
     5
     """
-    from scipy.optimize import minimize
-
-    from .._runtime import CountingScore
-    from .dpm_solver import UniPC
+    from scipy.optimize import minimize  # scipy loads only when a schedule is optimised
 
     check_linear(sde, "optimize_schedule")
     solver = resolve(sampler, {})
@@ -262,14 +160,13 @@ def optimize_schedule(
     x_T = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
     calls = CountingScore(score_fn, "optimize_schedule")
     with torch.no_grad():
-        ref = UniPC().run(sde, calls, x_T, time_grid(sde, reference_steps, eps=eps, kind="log_snr")
-                          .to(x_T.device))
+        ref = UniPC().run(sde, calls, x_T, time_grid(sde, reference_steps, eps=eps, kind="log_snr"))
     ref_calls = calls.calls
     lam_T, lam_eps = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)).tolist()
 
     def solve(f: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return solver.run(sde, calls, x_T, _times(sde, f, eps).to(x_T.device))
+            return solver.run(sde, calls, x_T, _fraction_times(sde, f, eps))
 
     t_end = torch.full((x_T.shape[0],), float(eps), dtype=x_T.dtype, device=x_T.device)
     with torch.no_grad():
