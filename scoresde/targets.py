@@ -1,8 +1,9 @@
 r"""Reference targets with exact scores under any linear SDE.
 
 For data :math:`p_0 = \sum_k w_k \mathcal N(\mu_k, \Sigma_k)` and a linear SDE with transition
-:math:`\mathcal N(s(t) x_0, \sigma(t)^2 I)`, every marginal is again a mixture (each component is pushed through the linear-Gaussian
-transition; Bishop 2006, eq. 2.115),
+:math:`\mathcal N(s(t) x_0, \sigma(t)^2 I)`
+(:meth:`LinearSDE.scale_std <scoresde.LinearSDE.scale_std>`), every marginal is again a mixture
+(each component passes through the linear-Gaussian transition; Bishop 2006, eq. 2.115),
 
 .. math:: p_t = \sum_k w_k\, \mathcal N\big(s(t)\mu_k,\; s(t)^2\Sigma_k + \sigma(t)^2 I\big),
 
