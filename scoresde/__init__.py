@@ -14,7 +14,7 @@ The public surface (see the API reference):
   :mod:`scoresde.compare` (figures in :mod:`scoresde.plotting`).
 """
 
-from . import compare, data, losses, metrics, nets, plotting, samplers, training
+from . import compare, data, losses, metrics, nets, plotting, predict, samplers, training
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import (
     ddpm_loss,
@@ -96,5 +96,6 @@ __all__ = [
     "losses",
     "nets",
     "plotting",
+    "predict",
     "training",
 ]

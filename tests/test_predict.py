@@ -115,18 +115,13 @@ def test_scale_std_values_are_float64_lists_from_scale_std():
     assert s == ref_s.tolist() and sig == ref_sig.tolist()
     assert scale_std_values(sde, [1.0, 0.5, 1e-3]) == (s, sig)
 
-    class Plain(sd.SDE):
-        prior_std = 1.0
-
-        def _drift(self, x, t):
-            return -x
-
-        def _diffusion(self, t):
-            return torch.ones_like(t)
-
-        def _marginal(self, x0, t):
-            return x0, torch.ones_like(t)
-
+    # an SDE with Gaussian transitions known only through the generic interface (no scale_std)
+    Plain = type("Plain", (sd.SDE,), {
+        "prior_std": 1.0,
+        "_drift": lambda self, x, t: -x,
+        "_diffusion": lambda self, t: torch.ones_like(t),
+        "_marginal": lambda self, x0, t: (x0, torch.ones_like(t)),
+    })
     with pytest.raises(TypeError, match="Foo needs a LinearSDE"):
         scale_std_values(Plain(1.0), times, who="Foo")
     with pytest.raises(TypeError, match="DDIM needs a LinearSDE"):

@@ -149,18 +149,13 @@ class DPMSolver(_LogSNRSampler):
         return self.order
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
-        check_linear(sde, type(self).__name__)
-        ts = times.detach().cpu().double()
-        lam = _log_snr(sde, ts)
+        ts_list, lam, s, sig, pred = _run_setup(self, sde, score_fn, times)
         n = len(lam) - 1
         r = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}[self.order]
         # intermediate times of every step, computed at once
         lam_mid = [lam[i] + rj * (lam[i + 1] - lam[i]) for i in range(n) for rj in r]
         t_mid = sde.t_from_log_snr(torch.tensor(lam_mid, dtype=torch.float64)).tolist() if r else []
-        s, sig = scale_std_values(sde, ts.tolist() + t_mid)
-        s_mid, sig_mid = s[n + 1:], sig[n + 1:]
-        ts_list = ts.tolist()
-        pred = PredictionAdapter(sde, score_fn, who=type(self).__name__)
+        s_mid, sig_mid = scale_std_values(sde, t_mid) if r else ([], [])
 
         k = len(r)
         for i in range(n):
@@ -317,13 +312,8 @@ class DPMSolverPlusPlus(_LogSNRSampler):
         return orders
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
-        check_linear(sde, type(self).__name__)
-        ts = times.detach().cpu().double()
-        lam = _log_snr(sde, ts)
-        s, sig = scale_std_values(sde, ts)
-        ts_list = ts.tolist()
+        ts_list, lam, s, sig, pred = _run_setup(self, sde, score_fn, times)
         n = len(ts_list) - 1
-        pred = PredictionAdapter(sde, score_fn, who=type(self).__name__)
         hist: list[torch.Tensor] = []  # data predictions, newest last
         hs: list[float] = []  # step lengths in lambda, newest last
         for i, order in enumerate(self.step_orders(n)):
@@ -417,13 +407,8 @@ class UniPC(DPMSolverPlusPlus):
         super().__init__(order=order, lower_order_final=lower_order_final, time_grid=time_grid)
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
-        check_linear(sde, type(self).__name__)
-        ts = times.detach().cpu().double()
-        lam = _log_snr(sde, ts)
-        s, sig = scale_std_values(sde, ts)
-        ts_list = ts.tolist()
+        ts_list, lam, s, sig, pred = _run_setup(self, sde, score_fn, times)
         n = len(ts_list) - 1
-        pred = PredictionAdapter(sde, score_fn, who=type(self).__name__)
         hist: list[torch.Tensor] = []
         hs: list[float] = []
         x_prev = None
@@ -457,3 +442,13 @@ class UniPC(DPMSolverPlusPlus):
             if callback is not None:
                 callback(i, ts_list[i + 1], x)
         return x
+
+
+def _run_setup(solver, sde, score_fn, times):
+    """What every ``run`` here starts with: the grid times, λ, s and σ on them as float64
+    floats (computed once), and the prediction adapter the update asks for ε̂ or x̂₀."""
+    who = type(solver).__name__
+    check_linear(sde, who)
+    ts = times.detach().cpu().double()
+    s, sig = scale_std_values(sde, ts, who=who)
+    return ts.tolist(), _log_snr(sde, ts), s, sig, PredictionAdapter(sde, score_fn, who=who)
