@@ -16,7 +16,7 @@ The public surface (see the API reference):
 
 import importlib
 
-from . import data, losses, metrics, nets, samplers
+from . import data, losses, metrics, nets, predict, samplers
 from ._runtime import NonFiniteError
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import (
@@ -125,5 +125,6 @@ __all__ = [
     "losses",
     "nets",
     "plotting",
+    "predict",
     "training",
 ]

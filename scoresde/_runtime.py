@@ -40,6 +40,11 @@ def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.T
 class CountingScore:
     """Wraps a score function: counts calls, checks shapes and stops on non-finite values.
 
+    A model that predicts ε, x₀ or v natively (:class:`scoresde.predict.NativePrediction`) keeps
+    its ``parameterization`` visible through the wrapper, and its ``predict`` calls are counted
+    and checked like score calls, so :class:`scoresde.predict.PredictionAdapter` built on the
+    wrapper counts every network evaluation once.
+
     Parameters
     ----------
     score_fn : callable
@@ -85,11 +90,23 @@ class CountingScore:
         )
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self._evaluate(self.score_fn, "score_fn", "score", x, t)
+
+    @property
+    def parameterization(self) -> str:
+        """What the wrapped model's ``predict`` returns (see :mod:`scoresde.predict`)."""
+        return getattr(self.score_fn, "parameterization", "score")
+
+    def predict(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The wrapped model's native prediction ``score_fn.predict(x, t)``, counted and checked."""
+        return self._evaluate(self.score_fn.predict, "score_fn.predict", "prediction", x, t)
+
+    def _evaluate(self, fn: ScoreFn, name: str, what: str, x: torch.Tensor, t) -> torch.Tensor:
         self.calls += 1
-        out = self.score_fn(x, t)
+        out = fn(x, t)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+            raise ValueError(f"{name} must return a tensor shaped like x {tuple(x.shape)}, got {got}")
         if self.check_finite and x.numel() > 0:
             # max|x| + max|s| is NaN or inf iff either tensor holds a NaN or inf: one sync
             both = x.detach().abs().amax() + out.detach().abs().amax().to(x.dtype)
@@ -97,5 +114,5 @@ class CountingScore:
                 if not all_finite(x):
                     raise self._non_finite("state", t)
                 if not all_finite(out):
-                    raise self._non_finite("score", t)
+                    raise self._non_finite(what, t)
         return out

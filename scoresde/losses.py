@@ -9,13 +9,15 @@ r"""Score-matching objectives.
   need only data samples, not a noising process (Song et al. 2019; Hyvärinen 2005);
 - :func:`explicit_score_matching_loss` — the regression on a known score (reference targets).
 
-Scaling convention (THEORY §5): the data-only objectives are written with a factor ½,
+Scaling convention (that of Hyvärinen 2005, Thm. 1): the data-only objectives are written with a
+factor ½,
 
 .. math:: J_{\rm ESM} = \mathbb E\,\tfrac12\|s_\theta - \nabla\log p\|^2, \qquad
           J_{\rm ISM} = \mathbb E\big[\tfrac12\|s_\theta\|^2 + \operatorname{div} s_\theta\big]
           = J_{\rm ESM} - \tfrac12\,\mathbb E\|\nabla\log p\|^2,
 
-(half of seed 003's :math:`K`), and the sliced loss has the same expectation as the implicit one.
+(some texts write twice these quantities; the minimiser is the same), and the sliced loss has the
+same expectation as the implicit one.
 The DSM and DDPM losses are written, like the papers, without the ½.
 
 Every loss sums over the event dimensions of each sample and returns the batch mean, or the
@@ -238,7 +240,8 @@ def ddpm_loss(
     with 0-based step indices ``i`` (Ho et al.'s :math:`t - 1`) and the squared norm *summed*
     over event dimensions (Ho et al.'s code averages; the two differ by the factor ``d``).
 
-    It is DSM with :math:`\lambda = \sigma^2` on the discrete chain (THEORY §6): with
+    It is DSM with :math:`\lambda = \sigma^2` on the discrete chain (Ho et al. 2020, §3.2;
+    :doc:`/theory/ddpm`): with
     :math:`\sigma_i = \sqrt{1 - \bar\alpha_i}` and
     :math:`s_\theta(x, t_i) = -\epsilon_\theta(x, i)/\sigma_i` (exactly
     :class:`~scoresde.samplers.EpsilonScore`), for the same draws, term by term,
@@ -372,7 +375,7 @@ def implicit_score_matching_loss(
     x: torch.Tensor,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    r"""Implicit score matching (Hyvärinen 2005; seed 003's :math:`K`, halved).
+    r"""Implicit score matching (Hyvärinen 2005, Thm. 1).
 
     .. math:: J_{\rm ISM}(\theta) = \mathbb E_{x \sim p}\Big[\tfrac12\|s_\theta(x)\|^2
               + \operatorname{div} s_\theta(x)\Big]
@@ -380,8 +383,8 @@ def implicit_score_matching_loss(
               - \tfrac12\mathbb E\|\nabla\log p\|^2,
 
     the second form by integration by parts (for :math:`p\,s_\theta \to 0` at infinity), so it
-    is minimised by the true score without knowing it. This is half of seed 003's
-    :math:`K = \mathbb E[\|s\|^2 + 2\operatorname{div} s]`, the same ½ convention as
+    is minimised by the true score without knowing it. This is Hyvärinen's objective, half of
+    :math:`K = \mathbb E[\|s\|^2 + 2\operatorname{div} s]` as some texts write it; the same ½ convention as
     :func:`sliced_score_matching_loss` and :func:`explicit_score_matching_loss`.
 
     The divergence is exact: ``d`` autograd passes for ``d`` event entries (with

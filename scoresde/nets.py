@@ -7,9 +7,10 @@ Two small time-conditioned networks, both called as ``net(x, t) -> tensor like x
 
 Time enters through :class:`GaussianFourierEmbedding` (random Fourier features, Tancik et al.
 2020; Song et al. 2021). :class:`ScoreModel` wraps such a network together with a forward SDE
-and reads its output as an ε-, x₀-, v- or score prediction; by Tweedie's relation (THEORY §5)
-every one of them defines the same score function, so a :class:`ScoreModel` *is* a
-``score_fn(x, t)`` for every sampler and for the likelihood.
+and reads its output as an ε-, x₀-, v- or score prediction; by Tweedie's formula (Efron 2011;
+the conversions are in :mod:`scoresde.predict`) every one of them defines the same score
+function, so a :class:`ScoreModel` *is* a ``score_fn(x, t)`` for every sampler and for the
+likelihood.
 
 Weights are initialised from an optional ``generator`` (PyTorch's default distribution,
 :math:`\mathcal U(\pm 1/\sqrt{\text{fan\_in}})`), so that a seed fixes a network without touching
@@ -24,13 +25,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ._checks import as_time, bcast, check_int, check_positive
+from ._checks import as_time, check_int, check_positive
+from .predict import PREDICTIONS, convert
 from .sde import SDE
 
 __all__ = ["GaussianFourierEmbedding", "ScoreMLP", "UNet", "ScoreModel", "PARAMETERIZATIONS"]
 
-#: The output kinds :class:`ScoreModel` understands.
-PARAMETERIZATIONS = ("eps", "score", "x0", "v")
+#: The output kinds :class:`ScoreModel` understands (:data:`scoresde.predict.PREDICTIONS`).
+PARAMETERIZATIONS = PREDICTIONS
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -395,22 +397,12 @@ class UNet(nn.Module):
 # -- parameterisations -----------------------------------------------------------------------
 
 
-def _scale_std(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Signal scale s(t) and noise std σ(t) of p_t(x | x0), each ``(batch,)``.
-
-    Read off the marginal of ``x0 = 1`` (any SDE with a Gaussian transition); ``t`` must already
-    be validated, so the unchecked ``_marginal`` is used (this runs once per score evaluation).
-    """
-    mean, std = sde._marginal(torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), t)
-    return mean[:, 0], std
-
-
 class ScoreModel(nn.Module):
     r"""A network ``net(x, t)`` read as a score function through the SDE's marginals.
 
     With :math:`x_t = s(t)\,x_0 + \sigma(t)\,\epsilon`
-    (:meth:`SDE.marginal <scoresde.SDE.marginal>`) Tweedie's relation (THEORY §5) links score,
-    noise and clean-data predictions,
+    (:meth:`LinearSDE.scale_std <scoresde.LinearSDE.scale_std>`) Tweedie's formula (Efron 2011;
+    Vincent 2011) links score, noise and clean-data predictions,
 
     .. math:: \nabla\log p_t(x) = -\frac{\hat\epsilon}{\sigma} = \frac{s\,\hat x_0 - x}{\sigma^2},
               \qquad x = s\,\hat x_0 + \sigma\,\hat\epsilon,
@@ -436,7 +428,10 @@ class ScoreModel(nn.Module):
         not unit-scaled and ``"eps"``/``"x0"`` are the better choices.
 
     The score forms divide by :math:`\sigma(t)`, which vanishes at ``t = 0``: evaluate at
-    ``t >= eps`` as samplers and losses do.
+    ``t >= eps`` as samplers and losses do. Every conversion is :func:`scoresde.predict.convert`;
+    :meth:`predict` returns the raw output, so that a solver that updates with ε̂ or x̂₀ uses it
+    directly (:class:`~scoresde.predict.PredictionAdapter`, one network evaluation, no detour
+    through the score).
 
     What the network sees: ``net(x, t / T)`` (time normalised to ``[0, 1]``) when
     ``normalize_time=True`` (default), else ``net(x, t)``.
@@ -446,8 +441,9 @@ class ScoreModel(nn.Module):
     net : callable
         ``net(x, t) -> tensor shaped like x``, usually an ``nn.Module`` (then registered as a
         sub-module, so ``ScoreModel.parameters()`` are the network's).
-    sde : SDE
-        The forward process whose marginals define :math:`s(t), \sigma(t)`.
+    sde : LinearSDE
+        The forward process whose :meth:`~scoresde.LinearSDE.scale_std` defines
+        :math:`s(t), \sigma(t)`.
     parameterization : {"eps", "score", "x0", "v"}
         How to read the network output.
     normalize_time : bool
@@ -476,8 +472,8 @@ class ScoreModel(nn.Module):
         super().__init__()
         if not callable(net):
             raise TypeError(f"net must be callable as net(x, t), got {type(net).__name__}")
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a scoresde SDE, got {type(sde).__name__}")
+        if not isinstance(sde, SDE) or not callable(getattr(sde, "scale_std", None)):
+            raise TypeError(f"sde must be a scoresde LinearSDE (with scale_std), got {type(sde).__name__}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
         self.net = net
@@ -488,58 +484,50 @@ class ScoreModel(nn.Module):
     def extra_repr(self) -> str:
         return f"sde={self.sde!r}, parameterization={self.parameterization!r}"
 
-    def _raw(self, x: torch.Tensor, t):
+    def _check_x(self, x) -> None:
         # light checks only: this runs at every sampler step (the driver checks finiteness)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim < 1:
             raise ValueError(f"x must have shape (batch, *event_shape), got {tuple(x.shape)}")
-        t = as_time(t, x.shape[0], self.sde.T, like=x)
+
+    def _net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = self.net(x, t / self.sde.T if self.normalize_time else t)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"net output must have the shape of x {tuple(x.shape)}, got {got}")
-        s, sigma = _scale_std(self.sde, t, x)
-        return out, bcast(s, x), bcast(sigma, x)
+        return out
 
-    def _eps_x0(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ε̂, x̂0, σ) from one network evaluation."""
-        out, s, sigma = self._raw(x, t)
-        p = self.parameterization
-        if p == "eps":
-            eps = out
-            x0 = (x - sigma * eps) / s
-        elif p == "score":
-            eps = -sigma * out
-            x0 = (x + sigma**2 * out) / s
-        elif p == "x0":
-            x0 = out
-            eps = (x - s * x0) / sigma
-        else:  # "v"
-            norm = s**2 + sigma**2
-            x0 = (s * x - sigma * out) / norm
-            eps = (sigma * x + s * out) / norm
-        return eps, x0, sigma
+    def _as(self, target: str, x: torch.Tensor, t) -> torch.Tensor:
+        """The prediction of kind ``target`` from one network evaluation."""
+        self._check_x(x)
+        if target == self.parameterization:
+            return self._net(x, as_time(t, x.shape[0], self.sde.T, like=x))
+        t = _time_input(t, x)
+        s, sigma = self.sde.scale_std(t)  # also validates t (one reduction per call)
+        out = self._net(x, t.clamp(max=self.sde.T))
+        return convert(out, x, s, sigma, source=self.parameterization, target=target)
+
+    def predict(self, x: torch.Tensor, t) -> torch.Tensor:
+        r"""The raw network output: the prediction of kind :attr:`parameterization`.
+
+        With :meth:`forward` (the score) this makes :class:`ScoreModel` a
+        :class:`~scoresde.predict.NativePrediction`: solvers that update with ε̂ or x̂₀ use it
+        through :class:`~scoresde.predict.PredictionAdapter` without a detour through the score.
+        """
+        return self._as(self.parameterization, x, t)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         r"""The score estimate :math:`\nabla_x \log p_t(x)`, shaped like ``x``."""
-        out, s, sigma = self._raw(x, t)
-        p = self.parameterization
-        if p == "score":
-            return out
-        if p == "eps":
-            return -out / sigma
-        if p == "x0":
-            return (s * out - x) / sigma**2
-        return -(sigma * x + s * out) / (sigma * (s**2 + sigma**2))
+        return self._as("score", x, t)
 
     def predict_eps(self, x: torch.Tensor, t) -> torch.Tensor:
         r"""The noise estimate :math:`\hat\epsilon(x, t) = -\sigma(t)\,\nabla\log p_t(x)`."""
-        return self._eps_x0(x, t)[0]
+        return self._as("eps", x, t)
 
     def predict_x0(self, x: torch.Tensor, t) -> torch.Tensor:
         r"""The denoised estimate :math:`\hat x_0 = \mathbb E[x_0 \mid x_t = x]`.
 
         Equal to :math:`(x - \sigma\hat\epsilon)/s` (divides by :math:`s(t) > 0`).
         """
-        return self._eps_x0(x, t)[1]
+        return self._as("x0", x, t)

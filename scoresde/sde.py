@@ -221,10 +221,45 @@ class LinearSDE(SDE):
     def _diffusion(self, t):
         return torch.sqrt(self._g2(t))
 
+    def _scale_std(self, t):
+        return torch.exp(self._log_mean_coeff(t)), torch.sqrt(self._var(t))
+
     def _marginal(self, x0, t):
-        return bcast(torch.exp(self._log_mean_coeff(t)), x0) * x0, torch.sqrt(self._var(t))
+        s, std = self._scale_std(t)
+        return bcast(s, x0) * x0, std
 
     # coefficient functions (validated)
+    def scale_std(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Signal scale :math:`s(t)` and noise scale :math:`\sigma(t)` of the transition.
+
+        .. math:: x_t \mid x_0 \sim \mathcal N\big(s(t)\,x_0,\ \sigma(t)^2 I\big), \qquad
+                  s(t) = e^{\int_0^t a(u)\,\mathrm du}, \qquad
+                  \sigma(t)^2 = s(t)^2 \int_0^t \frac{g(u)^2}{s(u)^2}\,\mathrm du
+
+        (Särkkä & Solin 2019, §6.1; Song et al. 2021, App. B). The one way the package reads
+        :math:`s` and :math:`\sigma`: :meth:`marginal`, the samplers, the prediction
+        conversions of :mod:`scoresde.predict` and :class:`~scoresde.ScoreModel` all use it.
+
+        Parameters
+        ----------
+        t : float or Tensor
+            A float or a 1-D tensor of times in ``[0, T]`` (e.g. ``(batch,)``, or a time grid).
+
+        Returns
+        -------
+        s, sigma : Tensor
+            Both shaped like ``t`` (``(batch,)``; ``(1,)`` for a float), in ``t``'s dtype
+            (the default dtype for a float).
+
+        Examples
+        --------
+        >>> import torch, scoresde as sd
+        >>> s, sigma = sd.VPSDE().scale_std(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        >>> [round(v, 4) for v in s.tolist()], [round(v, 4) for v in sigma.tolist()]
+        ([1.0, 0.0066], [0.0, 1.0])
+        """
+        return self._scale_std(self._time(t))
+
     def a(self, t) -> torch.Tensor:
         r"""Drift coefficient :math:`a(t)` in :math:`f(x, t) = a(t) x`."""
         return self._a(self._time(t))
@@ -272,8 +307,8 @@ def _check_beta(beta_min: float, beta_max: float) -> tuple[float, float]:
 class OU(LinearSDE):
     r"""Ornstein–Uhlenbeck process :math:`\mathrm{d}x = \alpha x\,\mathrm{d}t + \sigma\,\mathrm{d}W`, α < 0.
 
-    The process of the lecture notes (seed 002 writes it with :math:`\sigma = 1`):
-    :math:`s(t) = e^{\alpha t}` and :math:`\sigma(t)^2 = \sigma^2 (e^{2\alpha t} - 1)/(2\alpha)`.
+    The classical mean-reverting linear SDE (Uhlenbeck & Ornstein 1930; Särkkä & Solin 2019,
+    ch. 6): :math:`s(t) = e^{\alpha t}` and :math:`\sigma(t)^2 = \sigma^2 (e^{2\alpha t} - 1)/(2\alpha)`.
     Its stationary law, used as the prior, is :math:`\mathcal N(0, -\sigma^2/(2\alpha) I)`.
 
     Parameters
@@ -396,7 +431,7 @@ class VPSDE(_LinearBetaSDE):
         return self._t_from_int_beta(F.softplus(-2 * lam))
 
     def discretize(self, N: int) -> DiscreteSchedule:
-        r"""The discrete DDPM chain this SDE is the limit of (Ho et al. 2020; THEORY §6).
+        r"""The discrete DDPM chain this SDE is the limit of (Ho et al. 2020; Song et al. 2021, App. B).
 
         :math:`\beta_i = \beta_{\min}/N + (i-1)(\beta_{\max}-\beta_{\min})/(N(N-1))` for
         :math:`i = 1..N` at times :math:`t_i = iT/N`; for the defaults and ``N = 1000`` this is

@@ -1,7 +1,9 @@
 r"""Reference targets with exact scores under any linear SDE.
 
 For data :math:`p_0 = \sum_k w_k \mathcal N(\mu_k, \Sigma_k)` and a linear SDE with transition
-:math:`\mathcal N(s(t) x_0, \sigma(t)^2 I)`, every marginal is again a mixture (THEORY §8),
+:math:`\mathcal N(s(t) x_0, \sigma(t)^2 I)`
+(:meth:`LinearSDE.scale_std <scoresde.LinearSDE.scale_std>`), every marginal is again a mixture
+(each component passes through the linear-Gaussian transition; Bishop 2006, eq. 2.115),
 
 .. math:: p_t = \sum_k w_k\, \mathcal N\big(s(t)\mu_k,\; s(t)^2\Sigma_k + \sigma(t)^2 I\big),
 
@@ -162,8 +164,8 @@ class GaussianMixture:
     def _time_coeffs(self, sde: LinearSDE, t, x: torch.Tensor):
         if not isinstance(sde, LinearSDE):
             raise TypeError(f"sde must be a LinearSDE (closed-form marginals), got {type(sde).__name__}")
-        t = as_time(t, x.shape[0], sde.T, like=x)
-        return sde.mean_coeff(t), sde.std(t) ** 2
+        s, sigma = sde.scale_std(as_time(t, x.shape[0], sde.T, like=x))
+        return s, sigma**2
 
     # -- data distribution ---------------------------------------------------------------
     def sample(
@@ -205,7 +207,8 @@ class GaussianMixture:
         if not isinstance(sde, LinearSDE):
             raise TypeError(f"sde must be a LinearSDE (closed-form marginals), got {type(sde).__name__}")
         t = as_time(t, None, sde.T, like=self.means)
-        s, var = float(sde.mean_coeff(t)), float(sde.std(t)) ** 2
+        s, sigma = (float(v) for v in sde.scale_std(t))
+        var = sigma**2
         eye = torch.eye(self.dim, dtype=torch.float64)
         return GaussianMixture(s * self.means, s**2 * self.covariances + var * eye, self.weights)
 

@@ -263,3 +263,24 @@ def test_score_model_validation():
         ScoreModel(ScoreMLP(2), sde)(torch.tensor(1.0), 0.5)
     with pytest.raises(ValueError, match="t must lie in"):
         ScoreModel(ScoreMLP(2), sde)(torch.randn(4, 2), 2.0)
+
+
+def test_score_model_predict_is_the_raw_output_and_a_native_prediction():
+    from scoresde.predict import NativePrediction
+
+    sde = sd.VESDE(T=2.0)
+    net = ScoreMLP(2, generator=gen(0))
+    with torch.no_grad():
+        net.out.bias.fill_(0.5)
+    model = ScoreModel(net, sde, parameterization="x0")
+    assert isinstance(model, NativePrediction)
+    x, t = torch.randn(4, 2), torch.full((4,), 1.0)
+    with torch.no_grad():
+        assert torch.equal(model.predict(x, t), net(x, t / 2.0))
+        assert torch.equal(model.predict_x0(x, 1.0), model.predict(x, t))
+        s, sig = sde.scale_std(t)
+        torch.testing.assert_close(model(x, t), (s[:, None] * net(x, t / 2.0) - x) / sig[:, None] ** 2)
+    with pytest.raises(ValueError, match="t must lie in"):
+        model.predict(x, 2.5)
+    with pytest.raises(ValueError, match=r"t must .*\(4,\)"):
+        model(x, torch.full((3,), 1.0))

@@ -13,7 +13,6 @@ import torch
 
 import scoresde as sd
 from scoresde.samplers import AdaptiveODE, AdaptiveSDE, DPMSolver, DPMSolverPlusPlus, UniPC
-from scoresde.samplers.base import scale_and_std
 
 NEW = ("dpm_solver", "dpm_solver_pp", "unipc", "adaptive_sde", "adaptive_ode")
 MU, V = 0.8, 0.3
@@ -22,7 +21,8 @@ EPS = 1e-3
 
 def _flow_map(sde, xT, eps):
     """Exact flow map for 1-D data N(MU, V): (x_t − s μ)/sqrt(s² V + σ²) is conserved."""
-    (sT, se), (gT, ge) = scale_and_std(sde, [sde.T, eps])
+    s, sigma = sde.scale_std(torch.tensor([sde.T, eps], dtype=torch.float64))
+    (sT, se), (gT, ge) = s.tolist(), sigma.tolist()
     CT, Ce = sT**2 * V + gT**2, se**2 * V + ge**2
     return se * MU + math.sqrt(Ce / CT) * (xT - sT * MU)
 

@@ -367,3 +367,37 @@ def test_discrete_schedule_validation():
         sd.DiscreteSchedule(betas=torch.zeros(0), times=torch.zeros(0))
     with pytest.raises(ValueError, match="times"):
         sd.DiscreteSchedule(betas=torch.full((3,), 0.1), times=t[:2])
+
+
+def test_scale_std_is_the_transition_of_marginal(sde):
+    # marginal() is built on scale_std: mean = s(t) x0, std = σ(t), for every time and dtype
+    t = torch.linspace(0.0, sde.T, 9, dtype=torch.float64)
+    s, sigma = sde.scale_std(t)
+    assert s.shape == sigma.shape == (9,) and s.dtype == sigma.dtype == torch.float64
+    x0 = torch.randn(9, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean, std = sde.marginal(x0, t)
+    assert torch.equal(mean, s[:, None] * x0) and torch.equal(std, sigma)
+    torch.testing.assert_close(s, sde.mean_coeff(t))
+    torch.testing.assert_close(sigma, sde.std(t))
+    assert float(s[0]) == 1.0 and float(sigma[0]) == 0.0  # no noise at t = 0
+    # closed form at one time, from the table of the forward SDEs
+    lam = sde.log_snr(t[1:])
+    torch.testing.assert_close(torch.log(s[1:] / sigma[1:]), lam)
+    # a float is a (1,) tensor of the default dtype
+    s1, sig1 = sde.scale_std(0.5 * sde.T)
+    assert s1.shape == sig1.shape == (1,) and s1.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(s1.double(), sde.mean_coeff(torch.tensor([0.5 * sde.T], dtype=torch.float64)))
+
+
+def test_scale_std_validates_its_times():
+    vp = sd.VPSDE()
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+        vp.scale_std(torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match="t contains non-finite"):
+        vp.scale_std(torch.tensor([float("nan")]))
+    with pytest.raises(ValueError, match="t must be a float or a"):
+        vp.scale_std(torch.zeros(2, 2))
+    with pytest.raises(TypeError, match="t must be"):
+        vp.scale_std("0.5")
+    s, sigma = vp.scale_std(torch.tensor([1.0 + 1e-7]))  # float32 rounding of T is clamped
+    torch.testing.assert_close((s, sigma), vp.scale_std(torch.tensor([1.0])))

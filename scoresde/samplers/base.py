@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import as_time, bcast, check_linear
+from .._checks import as_time, check_linear
+from ..predict import PredictionAdapter, convert
 from ..sde import SDE
 from .grids import LogSNRSchedule, resolve_grid
 
@@ -116,7 +117,7 @@ class Sampler(abc.ABC):
         needs a :class:`~scoresde.LinearSDE` refuses any other SDE here, whatever the grid.
         """
         if self.needs_linear_sde:
-            check_linear(sde, self.name or type(self).__name__)
+            check_linear(sde, type(self).__name__)
         return resolve_grid(self.default_grid if kind is None else kind, sde, steps, eps)
 
     @abc.abstractmethod
@@ -137,35 +138,30 @@ class Sampler(abc.ABC):
         return f"{type(self).__name__}({opts})"
 
 
-def scale_and_std(sde, times) -> tuple[list[float], list[float]]:
-    r"""Signal scale :math:`s(t)` and noise scale :math:`\sigma(t)` at each time, as float64 lists.
-
-    Read off the public :meth:`~scoresde.SDE.marginal` (mean of :math:`p_t(x \mid x_0 = 1)` and
-    its standard deviation), so it works for any SDE whose transition is
-    :math:`\mathcal N(s x_0, \sigma^2 I)`.
-    """
-    t = torch.as_tensor(times, dtype=torch.float64).detach().cpu().reshape(-1)
-    mean, std = sde.marginal(torch.ones(t.shape[0], 1, dtype=torch.float64), t)
-    return mean[:, 0].tolist(), std.tolist()
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, t: float, *, weight: float = 1.0) -> torch.Tensor:
     r"""Tweedie's posterior mean :math:`\mathbb E[x_0 \mid x_t] = (x + \sigma(t)^2 \nabla\log p_t(x)) / s(t)`.
 
-    (Efron 2011, *Tweedie's formula and selection bias*, JASA 106.) One score evaluation. With
-    ``weight`` :math:`w` the step is
-    :math:`(x + w\,\sigma(t)^2 \nabla\log p_t(x)) / s(t)`; :math:`w = \tfrac12` is one Euler
-    step of the probability-flow ODE from ``t`` to 0 in the variable
-    :math:`\tilde\sigma^2 = \sigma^2/s^2` (:math:`\mathrm d y / \mathrm d\tilde\sigma^2
+    (Efron 2011, *Tweedie's formula and selection bias*, JASA 106; the final denoising step of
+    Jolicoeur-Martineau et al. 2021.) One model evaluation, through
+    :class:`~scoresde.predict.PredictionAdapter` (a model that predicts x₀ natively is used as
+    it is). With ``weight`` :math:`w` the step is
+    :math:`(x + w\,\sigma(t)^2 \nabla\log p_t(x)) / s(t) = (x - w\,\sigma(t)\,\hat\epsilon)/s(t)`;
+    :math:`w = \tfrac12` is one Euler step of the probability-flow ODE from ``t`` to 0 in the
+    variable :math:`\tilde\sigma^2 = \sigma^2/s^2` (:math:`\mathrm d y / \mathrm d\tilde\sigma^2
     = -\tfrac12 \nabla_y \log p`, :math:`y = x/s`), see :func:`sample`'s ``denoise``.
     """
     weight = float(weight)
     if not (math.isfinite(weight) and weight > 0.0):
         raise ValueError(f"weight must be a positive finite number, got {weight}")
+    pred = PredictionAdapter(sde, score_fn, who="tweedie_denoise")
     tt = as_time(t, x.shape[0], sde.T, like=x)
-    ones = torch.ones_like(x)
-    mean, std = sde.marginal(ones, tt)  # mean = s(t) · 1
-    return (x + (weight * bcast(std**2, x)) * score_fn(x, tt)) / mean
+    if weight == 1.0:
+        return pred.x0(x, tt)
+    s, sigma = sde.scale_std(tt)
+    eps = pred.eps(x, tt, s=s, sigma=sigma)
+    return convert(weight * eps, x, s, sigma, source="eps", target="x0")
 
 
 # Names that lived here before the grids, the registry and the driver got their own modules.

@@ -1,9 +1,11 @@
 r"""Samplers from the discrete-time DDPM family: ancestral DDPM and DDIM.
 
 DDPM (Ho et al. 2020) samples the discrete chain that the VP SDE is the limit of
-(:meth:`~scoresde.VPSDE.discretize`, THEORY §6); DDIM (Song, Meng, Ermon 2021) is written here
-for any linear SDE between arbitrary grid times. Both take a *score* function; a discrete
-ε-prediction model plugs in through :class:`EpsilonScore` (:math:`\hat\epsilon = -\sigma\,\hat s`).
+(:meth:`~scoresde.VPSDE.discretize`; Song et al. 2021, App. B); DDIM (Song, Meng, Ermon 2021)
+is written here for any linear SDE between arbitrary grid times and updates with the noise
+prediction of :class:`~scoresde.predict.PredictionAdapter` (a model that predicts ε natively
+is used as it is). A discrete ε-prediction model indexed by step plugs in through
+:class:`EpsilonScore` (:math:`\hat s = -\hat\epsilon/\sigma`, :func:`scoresde.predict.convert`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import math
 
 import torch
 
-from .._checks import as_time, bcast, check_int, check_positive
+from .._checks import as_time, check_int, check_positive
 from .._runtime import gaussian_like, time_vector
+from ..predict import PredictionAdapter, convert, scale_std_values
 from ..sde import DiscreteSchedule
-from .base import Sampler, scale_and_std
+from .base import Sampler
 
 __all__ = ["DDPM", "DDIM", "EpsilonScore"]
 
@@ -46,7 +49,8 @@ class DDPM(Sampler):
     .. math:: x_{i-1} = \frac{1}{\sqrt{\alpha_i}}\Big(x_i - \frac{\beta_i}{\sqrt{1 - \bar\alpha_i}}
               \hat\epsilon\Big) + \sigma_i z,
 
-    with :math:`\hat\epsilon = -\sqrt{1 - \bar\alpha_i}\,\hat s` (THEORY §5). It converges to the
+    with :math:`\hat\epsilon = -\sqrt{1 - \bar\alpha_i}\,\hat s` (Tweedie's formula, see
+    :mod:`scoresde.predict`). It converges to the
     reverse VP SDE at weak order 1 and differs from :class:`~scoresde.samplers.ReverseDiffusion`
     by :math:`O(\beta_i^2)` per step. One score evaluation per step.
 
@@ -113,13 +117,18 @@ class EpsilonScore:
     r"""A score function from a discrete ε-prediction model (DDPM's parameterisation).
 
     Turns ``eps_model(x, i)`` — ``i`` a ``(batch,)`` LongTensor of step indices ``0..N-1``
-    (DDPM's :math:`t - 1`) — into ``score_fn(x, t)`` by Tweedie's relation (THEORY §5),
+    (DDPM's :math:`t - 1`) — into ``score_fn(x, t)`` by Tweedie's formula (Efron 2011;
+    :func:`scoresde.predict.convert`),
 
     .. math:: \nabla\log p_{t_i}(x) \approx -\frac{\epsilon_\theta(x, i)}{\sqrt{1 - \bar\alpha_i}},
               \qquad i = \operatorname{round}(tN/T) - 1,
 
     so that a model trained with DDPM's Alg. 1 plugs into :class:`DDPM` (and into every
-    sampler whose grid stays on the schedule's times :math:`t_i = iT/N`).
+    sampler whose grid stays on the schedule's times :math:`t_i = iT/N`). It stays a plain
+    score function (it declares no native ε-prediction to
+    :class:`~scoresde.predict.PredictionAdapter`): its :math:`\sigma_i = \sqrt{1 - \bar\alpha_i}`
+    is the discrete table's, which differs slightly from :math:`\sigma(t_i)` of the continuous
+    SDE a sampler uses, and the score is the quantity both agree on.
 
     Parameters
     ----------
@@ -155,7 +164,8 @@ class EpsilonScore:
         self.eps_model = eps_model
         self.schedule = schedule
         self._times = schedule.times.detach().cpu().double()
-        self._sigma = torch.sqrt(1.0 - schedule.alphas_cumprod.detach().cpu().double())
+        abar = schedule.alphas_cumprod.detach().cpu().double()
+        self._scale, self._sigma = torch.sqrt(abar), torch.sqrt(1.0 - abar)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps_model={self.eps_model!r}, N={self.schedule.N})"
@@ -175,26 +185,32 @@ class EpsilonScore:
                 "discrete eps_model is only defined at those times"
             )
         eps = self.eps_model(x, idx.to(x.device))
-        return -eps / bcast(self._sigma[idx].to(device=x.device, dtype=x.dtype), x)
+        s, sigma = (v[idx].to(device=x.device, dtype=x.dtype) for v in (self._scale, self._sigma))
+        return convert(eps, x, s, sigma, source="eps", target="score")
 
 
 class DDIM(Sampler):
     r"""Denoising diffusion implicit models (Song, Meng, Ermon 2021, eq. 12), for any linear SDE.
 
-    Between grid times :math:`t > t'`, with :math:`\hat s = \nabla\log p_t(x)`, Tweedie's
-    :math:`\hat x_0 = (x + \sigma_t^2 \hat s)/s_t` and :math:`\hat\epsilon = -\sigma_t \hat s`,
+    Between grid times :math:`t > t'`, with the noise prediction :math:`\hat\epsilon` at
+    :math:`(x, t)` (:math:`= -\sigma_t \hat s` for a score :math:`\hat s = \nabla\log p_t(x)`)
+    and Tweedie's :math:`\hat x_0 = (x - \sigma_t\hat\epsilon)/s_t`,
 
-    .. math:: x' = s_{t'}\,\hat x_0 + \sqrt{\sigma_{t'}^2 - c^2}\;\hat\epsilon + c\,z, \qquad
+    .. math:: x' = s_{t'}\,\hat x_0 + \sqrt{\sigma_{t'}^2 - c^2}\;\hat\epsilon + c\,z
+              = \frac{s_{t'}}{s_t} x + \Big(\sqrt{\sigma_{t'}^2 - c^2}
+              - \frac{s_{t'}}{s_t}\sigma_t\Big)\hat\epsilon + c\,z, \qquad
               c = \eta\,\frac{\sigma_{t'}}{\sigma_t}\sqrt{\sigma_t^2 - r^2\sigma_{t'}^2},
               \quad r = \frac{s_t}{s_{t'}},
 
-    :math:`z \sim \mathcal N(0, I)`. For VP, :math:`c` is DDIM's :math:`\sigma_t(\eta)`. With
+    :math:`z \sim \mathcal N(0, I)`; :math:`\hat\epsilon` comes from
+    :class:`~scoresde.predict.PredictionAdapter` (an ε-predicting model's own output). For VP,
+    :math:`c` is DDIM's :math:`\sigma_t(\eta)`. With
     :math:`\eta = 0` (deterministic) it is the first-order exponential-integrator solver of the
     probability-flow ODE, i.e. DPM-Solver-1 (Lu et al. 2022): order 1, exact when the score is
     that of a Gaussian whose :math:`\hat x_0` is constant along the path. With :math:`\eta = 1`,
     :math:`c^2` is the posterior variance of :math:`q(x_{t'} \mid x_t, x_0)` and the step is
     DDPM's ancestral step with :math:`\tilde\beta` (Song et al. 2021b, §4.1). Uses the driver's
-    grid (any kind); one score evaluation per step.
+    grid (any kind); one model evaluation per step. Needs a :class:`~scoresde.LinearSDE`.
 
     Parameters
     ----------
@@ -205,6 +221,7 @@ class DDIM(Sampler):
 
     name = "ddim"
     evaluates_at_end = False
+    needs_linear_sde = True
 
     def __init__(self, eta: float = 0.0):
         self.eta = check_positive("eta", eta, strict=False)
@@ -215,8 +232,9 @@ class DDIM(Sampler):
         return self.eta > 0
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
+        pred = PredictionAdapter(sde, score_fn, who="DDIM")
         ts = times.tolist()
-        s, sig = scale_and_std(sde, times)
+        s, sig = scale_std_values(sde, times, who="DDIM")
         coeffs = []
         for i in range(len(ts) - 1):
             r = s[i] / s[i + 1]
@@ -230,10 +248,10 @@ class DDIM(Sampler):
                     "eta <= 1 or a finer grid"
                 )
             a = s[i + 1] / s[i]
-            coeffs.append((a, a * sig[i] ** 2 - math.sqrt(max(rest, 0.0)) * sig[i], c))
+            coeffs.append((a, math.sqrt(max(rest, 0.0)) - a * sig[i], c))
         for i, (a, b, c) in enumerate(coeffs):
-            score = score_fn(x, time_vector(ts[i], x))
-            x = a * x + b * score
+            eps = pred.eps(x, ts[i], s=s[i], sigma=sig[i])
+            x = a * x + b * eps
             if self.eta > 0:
                 x = x + c * gaussian_like(x, generator)
             if callback is not None:

@@ -13,7 +13,9 @@ For a linear SDE with transition :math:`\mathcal N(s(t)\,x_0, \sigma(t)^2 I)` an
 
 with the noise prediction :math:`\hat\epsilon = -\sigma\,\hat s` and the data prediction
 (Tweedie) :math:`\hat x_0 = (x + \sigma^2 \hat s)/s`, both read off the score
-:math:`\hat s = \nabla_x \log p_t(x)` (Tweedie's formula, Efron 2011). The linear part is integrated exactly; only
+:math:`\hat s = \nabla_x \log p_t(x)` (Efron 2011), or taken directly from a model that predicts
+them: every solver here asks :class:`~scoresde.predict.PredictionAdapter` for the quantity its
+update uses. The linear part is integrated exactly; only
 the (slowly varying) prediction is approximated by a Taylor expansion in :math:`\lambda`. This
 is why these solvers stay accurate at 10–20 score evaluations where Euler or Heun in ``t`` do not.
 
@@ -28,8 +30,8 @@ import warnings
 import torch
 
 from .._checks import check_int, check_linear
-from .._runtime import time_vector
-from .base import Sampler, scale_and_std
+from ..predict import PredictionAdapter, scale_std_values
+from .base import Sampler
 from .grids import GRIDS, LogSNRSchedule
 
 __all__ = ["DPMSolver", "DPMSolverPlusPlus", "UniPC"]
@@ -162,25 +164,18 @@ class DPMSolver(_LogSNRSampler):
         return self.order
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
-        check_linear(sde, type(self).__name__)
-        ts = times.detach().cpu().double()
-        lam = _log_snr(sde, ts)
+        ts_list, lam, s, sig, pred = _run_setup(self, sde, score_fn, times)
         n = len(lam) - 1
         r = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}[self.order]
         # intermediate times of every step, computed at once
         lam_mid = [lam[i] + rj * (lam[i + 1] - lam[i]) for i in range(n) for rj in r]
         t_mid = sde.t_from_log_snr(torch.tensor(lam_mid, dtype=torch.float64)).tolist() if r else []
-        s, sig = scale_and_std(sde, ts.tolist() + t_mid)
-        s_mid, sig_mid = s[n + 1:], sig[n + 1:]
-        ts_list = ts.tolist()
-
-        def eps_hat(y, t, sigma):
-            return -sigma * score_fn(y, time_vector(t, y))
+        s_mid, sig_mid = scale_std_values(sde, t_mid) if r else ([], [])
 
         k = len(r)
         for i in range(n):
             h = lam[i + 1] - lam[i]
-            e_u = eps_hat(x, ts_list[i], sig[i])
+            e_u = pred.eps(x, ts_list[i], s=s[i], sigma=sig[i])
             lin = (s[i + 1] / s[i]) * x
             phi1 = math.expm1(h)
             if self.order == 1:
@@ -188,16 +183,16 @@ class DPMSolver(_LogSNRSampler):
             elif self.order == 2:
                 (r1,), j = r, i * k
                 x1 = (s_mid[j] / s[i]) * x - sig_mid[j] * math.expm1(r1 * h) * e_u
-                d1 = eps_hat(x1, t_mid[j], sig_mid[j]) - e_u
+                d1 = pred.eps(x1, t_mid[j], s=s_mid[j], sigma=sig_mid[j]) - e_u
                 x = lin - sig[i + 1] * phi1 * e_u - (sig[i + 1] / (2 * r1)) * phi1 * d1
             else:
                 (r1, r2), j = r, i * k
                 x1 = (s_mid[j] / s[i]) * x - sig_mid[j] * math.expm1(r1 * h) * e_u
-                d1 = eps_hat(x1, t_mid[j], sig_mid[j]) - e_u
+                d1 = pred.eps(x1, t_mid[j], s=s_mid[j], sigma=sig_mid[j]) - e_u
                 e2 = math.expm1(r2 * h)
                 x2 = ((s_mid[j + 1] / s[i]) * x - sig_mid[j + 1] * e2 * e_u
                       - (sig_mid[j + 1] * r2 / r1) * (e2 / (r2 * h) - 1.0) * d1)
-                d2 = eps_hat(x2, t_mid[j + 1], sig_mid[j + 1]) - e_u
+                d2 = pred.eps(x2, t_mid[j + 1], s=s_mid[j + 1], sigma=sig_mid[j + 1]) - e_u
                 x = lin - sig[i + 1] * phi1 * e_u - (sig[i + 1] / r2) * (phi1 / h - 1.0) * d2
             if callback is not None:
                 callback(i, ts_list[i + 1], x)
@@ -331,17 +326,12 @@ class DPMSolverPlusPlus(_LogSNRSampler):
         return orders
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
-        check_linear(sde, type(self).__name__)
-        ts = times.detach().cpu().double()
-        lam = _log_snr(sde, ts)
-        s, sig = scale_and_std(sde, ts)
-        ts_list = ts.tolist()
+        ts_list, lam, s, sig, pred = _run_setup(self, sde, score_fn, times)
         n = len(ts_list) - 1
         hist: list[torch.Tensor] = []  # data predictions, newest last
         hs: list[float] = []  # step lengths in lambda, newest last
         for i, order in enumerate(self.step_orders(n)):
-            score = score_fn(x, time_vector(ts_list[i], x))
-            hist.append((x + (sig[i] ** 2) * score) / s[i])
+            hist.append(pred.x0(x, ts_list[i], s=s[i], sigma=sig[i]))
             del hist[:-3]
             h = lam[i + 1] - lam[i]
             phi1 = math.expm1(-h)
@@ -350,10 +340,9 @@ class DPMSolverPlusPlus(_LogSNRSampler):
             if i == 0 and self.warmup == "singlestep" and self.order > 1:
                 lam_m = lam[0] + 0.5 * h
                 t_m = float(sde.t_from_log_snr(torch.tensor(lam_m, dtype=torch.float64)))
-                (s_m,), (sig_m,) = scale_and_std(sde, [t_m])
+                (s_m,), (sig_m,) = scale_std_values(sde, [t_m])
                 x_m = (sig_m / sig[0]) * x - (s_m * math.expm1(-0.5 * h)) * m0
-                score_m = score_fn(x_m, time_vector(t_m, x))
-                m_mid = (x_m + (sig_m**2) * score_m) / s_m
+                m_mid = pred.x0(x_m, t_m, s=s_m, sigma=sig_m)
                 x_next = (sig[1] / sig[0]) * x - (s[1] * phi1) * m_mid
             elif order >= 2:
                 r0 = hs[-1] / h
@@ -432,18 +421,13 @@ class UniPC(DPMSolverPlusPlus):
         _deprecated_time_grid(self, time_grid)
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
-        check_linear(sde, type(self).__name__)
-        ts = times.detach().cpu().double()
-        lam = _log_snr(sde, ts)
-        s, sig = scale_and_std(sde, ts)
-        ts_list = ts.tolist()
+        ts_list, lam, s, sig, pred = _run_setup(self, sde, score_fn, times)
         n = len(ts_list) - 1
         hist: list[torch.Tensor] = []
         hs: list[float] = []
         x_prev = None
         for i, order in enumerate(self.step_orders(n)):
-            score = score_fn(x, time_vector(ts_list[i], x))
-            hist.append((x + (sig[i] ** 2) * score) / s[i])
+            hist.append(pred.x0(x, ts_list[i], s=s[i], sigma=sig[i]))
             del hist[:-3]
             if i > 0:  # correct the previous step with the new data prediction
                 h = hs[-1]
@@ -472,3 +456,13 @@ class UniPC(DPMSolverPlusPlus):
             if callback is not None:
                 callback(i, ts_list[i + 1], x)
         return x
+
+
+def _run_setup(solver, sde, score_fn, times):
+    """What every ``run`` here starts with: the grid times, λ, s and σ on them as float64
+    floats (computed once), and the prediction adapter the update asks for ε̂ or x̂₀."""
+    who = type(solver).__name__
+    check_linear(sde, who)
+    ts = times.detach().cpu().double()
+    s, sig = scale_std_values(sde, ts, who=who)
+    return ts.tolist(), _log_snr(sde, ts), s, sig, PredictionAdapter(sde, score_fn, who=who)

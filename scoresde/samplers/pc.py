@@ -9,7 +9,7 @@ is written with the exact one-step transition of the forward chain between grid 
 .. math:: x_t \mid x_{t'} \sim \mathcal N\big(r\, x_{t'},\ G^2 I\big), \qquad
           r = \frac{s(t)}{s(t')}, \qquad G^2 = \sigma(t)^2 - r^2 \sigma(t')^2,
 
-read off :meth:`~scoresde.SDE.marginal`, so the same code serves every linear SDE of the package
+read off :meth:`~scoresde.LinearSDE.scale_std`, so the same code serves every linear SDE of the package
 (VP, sub-VP, VE, OU, cosine VP) without knowing which it was handed.
 """
 
@@ -22,7 +22,8 @@ import torch
 
 from .._checks import check_int, check_positive
 from .._runtime import gaussian_like, time_vector
-from .base import Sampler, scale_and_std
+from ..predict import scale_std_values
+from .base import Sampler
 
 __all__ = ["ReverseDiffusion", "Corrector", "LangevinCorrector", "AnnealedLangevin", "PredictorCorrector"]
 
@@ -51,10 +52,11 @@ class ReverseDiffusion(Sampler):
     name = "reverse_diffusion"
     stochastic = True
     evaluates_at_end = False
+    needs_linear_sde = True
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         ts = times.tolist()
-        s, sig = scale_and_std(sde, times)
+        s, sig = scale_std_values(sde, times, who=type(self).__name__)
         for i in range(len(ts) - 1):
             r = s[i] / s[i + 1]
             g2 = max(sig[i] ** 2 - r * r * sig[i + 1] ** 2, 0.0)
@@ -126,6 +128,7 @@ class LangevinCorrector(Corrector, Sampler):
     name = "langevin"
     order = None
     stochastic = True
+    needs_linear_sde = True
 
     def __init__(self, snr: float = 0.16, n_steps: int = 1):
         self.snr = check_positive("snr", snr)
@@ -179,13 +182,13 @@ class LangevinCorrector(Corrector, Sampler):
             The corrected state, still at time ``t``.
         """
         t, t_next = float(t), float(t_next)
-        s, sig = scale_and_std(sde, [t, t_next])
+        s, sig = scale_std_values(sde, [t, t_next], who=type(self).__name__)
         alpha = (s[0] / s[1]) ** 2 if t >= t_next else (s[1] / s[0]) ** 2
         return self._langevin(score_fn, x, t, alpha, sig[0], generator)
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         ts = times.tolist()
-        s, sig = scale_and_std(sde, times)
+        s, sig = scale_std_values(sde, times, who=type(self).__name__)
         for i in range(len(ts) - 1):
             alpha = (s[i] / s[i + 1]) ** 2
             x = self._langevin(score_fn, x, ts[i + 1], alpha, sig[i + 1], generator)
@@ -362,8 +365,8 @@ class PredictorCorrector(Sampler):
 
     @property
     def needs_linear_sde(self) -> bool:
-        """The predictor's."""
-        return bool(self.predictor.needs_linear_sde)
+        """Whether the predictor or the corrector needs one."""
+        return bool(self.predictor.needs_linear_sde) or bool(getattr(self.corrector, "needs_linear_sde", False))
 
     @property
     def evaluates_at_end(self) -> bool:
