@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .targets import GaussianMixture
 
 __all__ = [
+    "METRICS",
     "sliced_wasserstein",
     "mmd",
     "mode_statistics",
@@ -33,6 +34,19 @@ __all__ = [
     "evaluate",
     "noise_floor",
 ]
+
+#: The metrics of :func:`evaluate` (every key of its result but ``n``), in the order the
+#: comparison harness (:mod:`scoresde.compare`) stores and prints them.
+METRICS: tuple[str, ...] = (
+    "sw2",
+    "mmd",
+    "weight_error",
+    "mean_error",
+    "cov_error",
+    "mean_log_density",
+    "log_density_gap",
+    "error",
+)
 
 # Largest number of matrix entries materialised at once by the chunked computations
 # (2**22 float64 entries = 32 MiB; far below the ~64M-entry budget).

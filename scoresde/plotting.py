@@ -1,5 +1,9 @@
 """Matplotlib figures: error against NFE, sample scatter grids and sampling trajectories.
 
+:func:`save_comparison_figures` writes the figures of a comparison (the records of
+:func:`scoresde.compare.run_comparison`) to a folder; this module reads records as plain dicts
+and never imports :mod:`scoresde.compare`.
+
 Every function builds a fresh :class:`matplotlib.figure.Figure` on an Agg canvas and returns
 it; nothing goes through ``pyplot``, so no global figure state is created or left behind and
 no window is ever opened. Save with ``fig.savefig(path)``; in a notebook the returned figure
@@ -9,7 +13,9 @@ displays itself.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -17,11 +23,21 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ._checks import check_int, check_positive
+from ._checks import check_int, check_positive, derive_seed
+from .metrics import METRICS
+from .targets import make_target, target_names
 
-__all__ = ["plot_error_vs_nfe", "plot_samples", "plot_trajectories", "plot_image_grid"]
+__all__ = [
+    "plot_error_vs_nfe",
+    "plot_samples",
+    "plot_trajectories",
+    "plot_image_grid",
+    "save_comparison_figures",
+]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")
+# line styles of the record sources in order of appearance; scoresde's own records are solid
+_SOURCE_STYLES = ("--", ":", "-.")
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -62,16 +78,19 @@ def plot_error_vs_nfe(records: Sequence[Mapping], metric: str = "error", target:
 
     Only records with ``status == "ok"`` and a finite positive value are drawn; the target's
     noise floor (the metric for exact samples at the same ``n``, from the records'
-    ``noise_floor``) is a dashed horizontal line. With ``target=None`` every target in the
+    ``noise_floor``) is a dashed grey horizontal line. With ``target=None`` every target in the
     records gets its own panel. Records may come from
     :func:`scoresde.compare.run_comparison`, :func:`scoresde.compare.load` or any producer
     that writes the same keys; when they hold several SDEs the SDE is added to the labels.
+    The records' ``source`` field sets the line style: solid for ``"scoresde"`` (or no
+    source), then dashed, dotted and dash-dotted for other sources (e.g. ``"diffusers"``) in
+    the order they appear.
 
     Parameters
     ----------
     records : list of dict
     metric : str
-        One of :data:`scoresde.compare.METRICS` (default the combined ``"error"``).
+        One of :data:`scoresde.metrics.METRICS` (default the combined ``"error"``).
     target : str, optional
         Plot only this target.
     title : str, optional
@@ -81,8 +100,6 @@ def plot_error_vs_nfe(records: Sequence[Mapping], metric: str = "error", target:
     -------
     matplotlib.figure.Figure
     """
-    from .compare import METRICS
-
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if isinstance(records, Mapping) or not isinstance(records, Sequence):
@@ -114,6 +131,7 @@ def plot_error_vs_nfe(records: Sequence[Mapping], metric: str = "error", target:
 def _error_panel(ax, records: list[Mapping], metric: str) -> None:
     several_sdes = len({r.get("sde") for r in records}) > 1
     lines: dict[str, list[tuple[float, float]]] = {}
+    styles: dict[str, str] = {}
     for r in records:
         if r.get("status", "ok") != "ok":
             continue
@@ -124,12 +142,13 @@ def _error_panel(ax, records: list[Mapping], metric: str) -> None:
         if several_sdes:
             label += f" ({r.get('sde')})"
         lines.setdefault(label, []).append((float(nfe), float(v)))
+        styles.setdefault(label, _source_style(r.get("source"), records))
     cmap = matplotlib.colormaps["tab20" if len(lines) > 10 else "tab10"]
     for i, (label, pts) in enumerate(lines.items()):
         pts.sort()
         xs, ys = zip(*pts, strict=True)
         ax.plot(xs, ys, marker=_MARKERS[i % len(_MARKERS)], ms=4, lw=1.3, label=label,
-                color=cmap(i % cmap.N), ls="--" if label.startswith("diffusers") else "-")
+                color=cmap(i % cmap.N), ls=styles[label])
     floor = next((r["noise_floor"] for r in records if isinstance(r.get("noise_floor"), Mapping)),
                  None)
     if floor is not None and _finite_positive(floor.get(metric)):
@@ -144,6 +163,15 @@ def _error_panel(ax, records: list[Mapping], metric: str) -> None:
     ax.grid(True, which="both", alpha=0.25)
     if lines or floor is not None:
         ax.legend(fontsize=7, loc="best")
+
+
+def _source_style(source, records: Sequence[Mapping]) -> str:
+    """Line style of a record source: solid for scoresde's own, then one style per source."""
+    if source in (None, "scoresde"):
+        return "-"
+    others = list(dict.fromkeys(r.get("source") for r in records
+                                if r.get("source") not in (None, "scoresde")))
+    return _SOURCE_STYLES[others.index(source) % len(_SOURCE_STYLES)]
 
 
 def plot_samples(samples_by_name: Mapping[str, torch.Tensor], reference=None, ncols: int = 4, *,
@@ -311,3 +339,65 @@ def plot_image_grid(images, ncols: int = 8, *, value_range: tuple[float, float] 
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "target"
+
+
+def save_comparison_figures(records: Sequence[Mapping], out_dir, *,
+                            metrics: Sequence[str] = ("error", "sw2"), dpi: int = 110) -> list[Path]:
+    """Write the PNG figures of a sampler comparison to ``out_dir`` (created if needed).
+
+    One set per target of the records: ``<metric>_vs_nfe_<target>.png`` for each of
+    ``metrics`` (:func:`plot_error_vs_nfe`) and, when records carry ``samples`` (from
+    :func:`scoresde.compare.run_comparison` with ``keep_samples=True``),
+    ``samples_<target>.png`` (:func:`plot_samples`, against an exact sample of the target when
+    it is a named one). File names keep letters, digits and ``_.-`` of the target's name.
+
+    Parameters
+    ----------
+    records : list of dict
+        Comparison records (see :data:`scoresde.compare.RECORD_KEYS`).
+    out_dir : str or Path
+    metrics : sequence of str
+        Names from :data:`scoresde.metrics.METRICS`.
+    dpi : int
+        Resolution of the PNGs.
+
+    Returns
+    -------
+    list of Path
+        The files written, in order.
+    """
+    if isinstance(records, Mapping) or not isinstance(records, Sequence):
+        raise TypeError(f"records must be a list of dicts, got {type(records).__name__}")
+    for metric in metrics:
+        if metric not in METRICS:
+            raise ValueError(f"metrics must contain names from {METRICS}, got {metric!r}")
+    dpi = check_int("dpi", dpi)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for tname in dict.fromkeys(r.get("target") for r in records):
+        mine = [r for r in records if r.get("target") == tname]
+        for metric in metrics:
+            fig = plot_error_vs_nfe(mine, metric=metric, target=tname)
+            path = out / f"{metric}_vs_nfe_{_slug(tname)}.png"
+            fig.savefig(path, dpi=dpi)
+            paths.append(path)
+        kept = {r["sampler"]: r["samples"] for r in mine
+                if isinstance(r.get("samples"), torch.Tensor)}
+        if kept:
+            reference = None
+            if tname in target_names():
+                n_ref = max(int(s.shape[0]) for s in kept.values())
+                gen = torch.Generator().manual_seed(
+                    derive_seed(int(mine[0].get("seed") or 0), tname, "plot"))
+                reference = make_target(tname).sample(n_ref, generator=gen)
+            fig = plot_samples(kept, reference=reference,
+                               title=f"{tname}: largest budget per sampler")
+            path = out / f"samples_{_slug(tname)}.png"
+            fig.savefig(path, dpi=dpi)
+            paths.append(path)
+    return paths

@@ -18,7 +18,9 @@ import torch
 
 import scoresde as sd
 from scoresde import compare, plotting
+from scoresde._runtime import CountingScore
 from scoresde.cli import main
+from scoresde.compare.sweep import _resolve_samplers, _resolve_targets
 from scoresde.samplers import NonFiniteError, Sampler
 
 N = 300
@@ -113,7 +115,7 @@ def test_budget_below_one_step_and_pc_cost():
 
 
 class _Flaky(Sampler):
-    """Runs on the probe batch of 2, raises on real batches."""
+    """Runs on the batch of 2 that checks its declared cost, raises on real batches."""
 
     name = "flaky"
 
@@ -129,6 +131,7 @@ class _FakeAdaptive(Sampler):
     """NFE set by the tolerance, not by the steps; raises on real batches if ``fail``."""
 
     name = "fake_adaptive"
+    adaptive = True
 
     def __init__(self, fail=False):
         self.rtol = self.atol = 1e-3
@@ -154,7 +157,10 @@ class _NaNs(Sampler):
 
 
 class _NoTolerance(Sampler):
+    """Adaptive, but without the rtol/atol that the harness sweeps."""
+
     name = "no_tol"
+    adaptive = True
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         score_fn(x, times[0])
@@ -202,6 +208,83 @@ def test_errors_and_adaptive_edge_cases():
                                   samplers={"fake": _FakeAdaptive()}, nfe=(5,), n=20,
                                   tolerances=(), memory="none")
     assert recs[0]["status"] == "error" and recs[0]["reason"] == "no tolerance given"
+
+
+class _Misdeclared(Sampler):
+    """Declares one evaluation per step, makes three."""
+
+    name = "misdeclared"
+
+    def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
+        for i in range(len(times) - 1):
+            for _ in range(3):
+                score_fn(x, times[i])
+        return x
+
+
+class _Inconsistent(Sampler):
+    """``nfe(steps)`` grows by 2 per step while ``nfe_per_step`` says 1."""
+
+    name = "inconsistent"
+
+    def nfe(self, steps):
+        return 2 * steps
+
+    def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
+        return x
+
+
+class _NoGrid(Sampler):
+    name = "no_grid"
+
+    def grid(self, sde, steps, eps, kind):
+        raise ValueError("never enough steps")
+
+    def run(self, sde, score_fn, x, times, *, generator=None, callback=None):  # pragma: no cover
+        return x
+
+
+@pytest.mark.parametrize(("sampler", "per_step", "overhead", "min_steps"), [
+    ("heun", 2, 0, 1),
+    (sd.samplers.Heun(euler_last=True), 2, -1, 1),
+    (sd.samplers.PredictorCorrector(n_steps=2), 3, 0, 1),
+    ("ddpm", 1, 0, 21),  # beta_max / N < 1 on the VP SDE
+    (sd.samplers.DPMSolver(order=3), 3, 0, 1),
+])
+def test_measure_cost_reads_declarations(sampler, per_step, overhead, min_steps):
+    sde = sd.VPSDE()
+    score = CountingScore(sd.imbalanced_2d().score_fn(sde), "exact")
+    cost = compare.measure_cost(sde, score, sampler, 2, verify=False)
+    assert cost == compare.SamplerCost(per_step, overhead, False, min_steps)
+    assert score.calls == 0  # declarations only: no score evaluation
+    assert compare.measure_cost(sde, score, sampler, 2) == cost
+    # the check is one run at min_steps, not a probe over several step counts
+    assert score.calls == min_steps * per_step + overhead
+    assert cost.steps_for(cost.overhead + cost.per_step * 7) == 7
+
+
+def test_measure_cost_adaptive_and_bad_declarations():
+    sde = sd.VPSDE()
+    score = CountingScore(sd.imbalanced_2d().score_fn(sde), "exact")
+    for sampler in ("ode", "adaptive_sde", sd.samplers.TorchSDE(adaptive=True)):
+        cost = compare.measure_cost(sde, score, sampler, 2)
+        assert cost.adaptive and cost.per_step == 0 and cost.min_steps == 1
+    assert score.calls == 0  # nothing to check for an adaptive solver
+    with pytest.raises(ValueError, match=r"declares nfe\(1\) = 1 but made 3 score evaluations"):
+        compare.measure_cost(sde, score, _Misdeclared(), 2)
+    with pytest.raises(ValueError, match=r"nfe_per_step = 1 but nfe\(2\) - nfe\(1\) = 2"):
+        compare.measure_cost(sde, score, _Inconsistent(), 2, verify=False)
+    with pytest.raises(ValueError, match="accepts no grid of 1 to 65536 steps: never enough"):
+        compare.measure_cost(sde, score, _NoGrid(), 2)
+    with pytest.raises(TypeError, match="needs a LinearSDE"):
+        compare.measure_cost(sd.ReverseSDE(sde, score), score, "dpm_solver", 2)
+    with pytest.raises(TypeError, match="discretize"):
+        compare.measure_cost(sd.VESDE(), score, "ddpm", 2)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        compare.measure_cost(sde, score, "nope", 2)
+    recs = compare.run_comparison(targets={"g": sd.Gaussian(torch.zeros(2), torch.eye(2))},
+                                  samplers={"bad": _Misdeclared()}, nfe=(5,), n=20, memory="none")
+    assert recs[0]["status"] == "skipped" and "but made 3" in recs[0]["reason"]
 
 
 def test_seeds_are_reproducible():
@@ -257,10 +340,33 @@ def test_helpers():
     cost = compare.measure_cost(sd.VPSDE(), sd.imbalanced_2d().score_fn(sd.VPSDE()), "ddpm", 2)
     assert cost.per_step == 1 and cost.overhead == 0 and cost.min_steps > 16
     assert compare.quick_preset() is not compare.quick_preset()
-    assert list(compare._resolve_targets(None)) == sd.target_names()
-    assert list(compare._resolve_samplers(None)) == sd.samplers.names()
+    assert list(_resolve_targets(None)) == sd.target_names()
+    assert list(_resolve_samplers(None)) == sd.samplers.names()
     rec = compare.new_record("t", "s", 3, extra=1)
     assert rec["status"] == "ok" and rec["extra"] == 1 and rec["nfe"] is None
+    assert compare.METRICS is sd.metrics.METRICS and "timed_call" in dir(compare)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        compare.nope  # noqa: B018
+
+
+def test_package_layout_has_no_cycle_and_loads_profiling_lazily():
+    import ast
+    import inspect
+
+    # plotting reads records as dicts and never imports the harness
+    tree = ast.parse(inspect.getsource(plotting))
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for a in node.names}
+    assert not any("compare" in name for name in imported), imported
+    code = ("import sys, scoresde, scoresde.compare as c; "
+            "print('scoresde.compare.profiling' in sys.modules, 'matplotlib' in sys.modules); "
+            "c.timed_call; print('scoresde.compare.profiling' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    profiling_at_import, _, profiling_on_use = proc.stdout.split()
+    assert (profiling_at_import, profiling_on_use) == ("False", "True")
 
 
 def test_json_is_strict_and_round_trips(records, tmp_path):
@@ -361,6 +467,30 @@ def test_plot_error_vs_nfe(records):
         plotting.plot_error_vs_nfe([1])
 
 
+def test_line_style_follows_the_record_source(records):
+    """Not the sampler's name: a scoresde sampler called "diffusers_x" stays solid."""
+    heun = [r for r in records if r["sampler"] == "heun"]
+    mixed = [*[dict(r, sampler="diffusers_x") for r in heun],
+             *[dict(r, sampler="ddim", source="diffusers") for r in heun],
+             *[dict(r, sampler="dpm", source="k-diffusion") for r in heun],
+             *[dict(r, sampler="old", source=None) for r in heun]]
+    ax = plotting.plot_error_vs_nfe(mixed).axes[0]
+    style = {line.get_label(): line.get_linestyle() for line in ax.lines}
+    assert style["diffusers_x"] == "-" and style["old"] == "-"
+    assert style["ddim"] == "--" and style["dpm"] == ":"
+
+
+def test_save_comparison_figures_checks_its_arguments(records, tmp_path):
+    paths = plotting.save_comparison_figures(records, tmp_path / "f", metrics=("mmd",), dpi=40)
+    assert [p.name for p in paths] == ["mmd_vs_nfe_imbalanced_2d.png", "samples_imbalanced_2d.png"]
+    with pytest.raises(ValueError, match="metrics must contain names from"):
+        plotting.save_comparison_figures(records, tmp_path, metrics=("nope",))
+    with pytest.raises(TypeError, match="list of dicts"):
+        plotting.save_comparison_figures({"a": 1}, tmp_path)
+    with pytest.raises(ValueError, match="dpi"):
+        plotting.save_comparison_figures(records, tmp_path, dpi=0)
+
+
 def test_plot_samples():
     g = torch.Generator().manual_seed(0)
     ref = sd.imbalanced_2d().sample(500, generator=g)
@@ -402,6 +532,21 @@ def test_plot_trajectories():
         plotting.plot_trajectories(out.trajectory[..., :1], out.times)
     with pytest.raises(ValueError, match="one per state"):
         plotting.plot_trajectories(out.trajectory, out.times[:-1])
+
+
+def test_plot_image_grid():
+    images = torch.linspace(-2, 2, 5 * 3 * 4 * 4).reshape(5, 3, 4, 4)
+    fig = plotting.plot_image_grid(images, ncols=2, title="digits")
+    shown = [a for a in fig.axes if a.images]
+    assert len(fig.axes) == 6 and len(shown) == 5  # 3 rows of 2, one panel left empty
+    rgb = shown[0].images[0].get_array()
+    assert rgb.shape == (4, 4, 3) and rgb.min() == 0.0 and rgb.max() <= 1.0  # clipped to [-1, 1]
+    grey = plotting.plot_image_grid(images[:, :1], value_range=(-2.0, 2.0)).axes[0]
+    assert grey.images[0].get_array().shape == (4, 4)
+    with pytest.raises(ValueError, match="C in"):
+        plotting.plot_image_grid(torch.zeros(2, 2, 4, 4))
+    with pytest.raises(ValueError, match="value_range"):
+        plotting.plot_image_grid(images, value_range=(1.0, 1.0))
 
 
 # --------------------------------------------------------------------------------------
