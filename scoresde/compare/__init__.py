@@ -25,10 +25,16 @@ projections of each evaluation and the noise floor from their own seeds, all der
 ``seed`` and the names involved with :func:`derive_seed`, so any single run is reproducible
 whatever ran before it.
 
+Rankings inside the noise: with ``seeds=k`` every run is repeated on ``k`` master seeds and
+every metric (and the noise floor) is a mean with its spread; :func:`rank` marks which
+differences are within two standard errors (:mod:`~scoresde.compare.noise`), and the markdown
+table and the figures show it.
+
 The package is cut into one file per concern: :mod:`~scoresde.compare.sweep` (the sweep),
-:mod:`~scoresde.compare.cost` (declared cost), :mod:`~scoresde.compare.records` (records,
-JSON, markdown, saving) and :mod:`~scoresde.compare.profiling` (wall time and peak memory,
-imported only when a run is timed). Figures are drawn by :mod:`scoresde.plotting`.
+:mod:`~scoresde.compare.cost` (declared cost), :mod:`~scoresde.compare.noise` (repetitions
+over seeds and which differences are within noise), :mod:`~scoresde.compare.records`
+(records, JSON, markdown, saving) and :mod:`~scoresde.compare.profiling` (wall time and peak
+memory, imported only when a run is timed). Figures are drawn by :mod:`scoresde.plotting`.
 
 Examples
 --------
@@ -48,6 +54,7 @@ from .._checks import derive_seed
 from ..metrics import METRICS
 from ..sde import SDE_NAMES, make_sde
 from .cost import SamplerCost, measure_cost
+from .noise import over_seeds, rank
 from .records import RECORD_KEYS, load, new_record, save, to_json, to_markdown
 from .sweep import DEFAULT_NFE, TOLERANCES, quick_preset, run_comparison
 
@@ -64,7 +71,9 @@ __all__ = [
     "make_sde",
     "measure_cost",
     "new_record",
+    "over_seeds",
     "quick_preset",
+    "rank",
     "run_comparison",
     "save",
     "timed_call",

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..metrics import METRICS
+from ..metrics import METRIC_DESCRIPTIONS, METRICS
+from .noise import RANKED, rank, standard_error
 
 __all__ = ["RECORD_KEYS", "new_record", "to_json", "load", "to_markdown", "save"]
 
@@ -44,7 +45,11 @@ RECORD_KEYS: tuple[str, ...] = (
     "n",
     "seed",
     "device",
+    "seeds",
+    "spread",
     "noise_floor",
+    "noise_floor_spread",
+    "noise_marks",
 )
 
 
@@ -158,7 +163,12 @@ _COLUMNS = (
     ("cov_error", "cov err"),
     ("log_density_gap", "log p gap"),
     ("error", "error"),
+    ("vs_best", "vs best"),
+    ("vs_floor", "vs floor"),
 )
+_MARKED = ("vs_best", "vs_floor")
+_FLOOR_COLUMNS = ("sw2", "mmd", "weight_error", "mean_error", "cov_error", "log_density_gap",
+                  "error")
 
 
 def _check_records(records) -> None:
@@ -169,21 +179,87 @@ def _check_records(records) -> None:
             raise TypeError(f"records must be a list of dicts, got an item {type(r).__name__}")
 
 
-def to_markdown(records: Sequence[Mapping]) -> str:
-    """A markdown table with one row per record, then a table of the noise floors.
+def _with_se(r: Mapping, key: str, *, floor: bool = False) -> str:
+    """``mean ± standard error`` of a metric, or the bare value when its spread is unknown."""
+    source = r.get("noise_floor") if floor else r
+    v = source.get(key) if isinstance(source, Mapping) else None
+    se = standard_error(r, key, floor=floor)
+    return _fmt(v) if se is None or not isinstance(v, float) else f"{_fmt(v)} ± {_fmt(se, 2)}"
 
-    The ``status`` column reads ``ok``, ``skipped: <reason>`` or ``error: <message>``
-    (shortened to 120 characters; the full text is in the records). Missing values print as
-    ``—``; adaptive runs show their tolerance next to the step count.
+
+def _seed_counts(records) -> str:
+    counts = sorted({int(r.get("seeds") or 1) for r in records})
+    return "/".join(map(str, counts)) or "1"
+
+
+def _caption(records) -> list[str]:
+    seeds = _seed_counts(records)
+    lines = [f"error = {METRIC_DESCRIPTIONS['error']} (scoresde.metrics.evaluate; columns cov "
+             f"err, log p gap, weight err). Every metric in the table is lower-is-better and is a mean over {seeds} "
+             f"seed(s) (prior draw, sampling noise, exact reference sample and noise floor "
+             f"each drawn from the seed) ± one standard error of that mean (spread over the seeds "
+             f"/ sqrt(seeds))."]
+    if any((r.get("seeds") or 1) > 1 for r in records):
+        lines.append("")
+        lines.append(
+            "vs best: best = lowest error at this target, SDE and budget; ≈ = within two "
+            "standard errors of the best (not distinguishable from it at these seeds); > = "
+            "worse beyond noise. vs floor: ≈ = within two standard errors of the noise floor "
+            "(as good as an exact sample at this n); > above it; < below it.")
+    else:
+        lines.append("")
+        lines.append("One seed: the spread is unknown, so no difference is marked as within or "
+                     "beyond noise (run with seeds >= 2, e.g. `scoresde compare --seeds 3`).")
+    return lines
+
+
+def _rises(records) -> list[str]:
+    out = []
+    for r in records:
+        rise = (r.get("noise_marks") or {}).get("error", {}).get("rises_from")
+        if not rise:
+            continue
+        why = "beyond noise" if rise.get("beyond_noise") else "one seed: may be noise"
+        out.append(f"- {_cell(r.get('sampler'))} on {_cell(r.get('target'))} ({r.get('sde')}): "
+                   f"error rises from {_fmt(rise['value'])} at NFE {rise['nfe']} to "
+                   f"{_fmt(r.get('error'))} at NFE {r.get('nfe')} ({why}).")
+    if out:
+        out = ["Error rising with NFE (a smaller budget was better):", "", *out, "",
+               "A rise usually means that errors of opposite sign cancel at the smaller budget "
+               "- the discretisation error against the bias of stopping at the end time eps "
+               "(or of the final step) - so the smaller budget is not better in general; "
+               "compare at several budgets and targets."]
+    return out
+
+
+def to_markdown(records: Sequence[Mapping]) -> str:
+    """A markdown table with one row per record, its caption, the noise floors and footnotes.
+
+    Metrics read ``mean ± standard error`` over the records' seeds (just the mean with one
+    seed). The ``vs best`` and ``vs floor`` columns mark, for the combined ``error``, which
+    differences are within noise (:func:`~scoresde.compare.noise.rank`, recomputed from the
+    records given, so tables of merged records are consistent). The ``status`` column reads
+    ``ok``, ``skipped: <reason>`` or ``error: <message>`` (shortened to 120 characters; the
+    full text is in the records). Missing values print as ``—``; adaptive runs show their
+    tolerance next to the step count. Below the table: what ``error`` is, the noise floors,
+    and a footnote for every sampler whose error rises with the NFE.
     """
     _check_records(records)
+    records = rank(records, ("error",))
     head = [label for _, label in _COLUMNS] + ["status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     floors: dict[tuple, Mapping] = {}
     for r in records:
+        marks = r["noise_marks"]["error"]
         cells = []
         for key, _ in _COLUMNS:
             v = r.get(key)
+            if key in _MARKED:
+                cells.append(_fmt(marks[key]))
+                continue
+            if key in METRICS:
+                cells.append(_cell(_with_se(r, key)))
+                continue
             if key == "peak_mem_bytes" and v is not None:
                 v = v / 2**20
             if key == "steps" and v is None and isinstance(r.get("options"), Mapping):
@@ -197,14 +273,19 @@ def to_markdown(records: Sequence[Mapping]) -> str:
         cells.append(_cell(status))
         lines.append("| " + " | ".join(cells) + " |")
         if isinstance(r.get("noise_floor"), Mapping):
-            floors.setdefault((r.get("target"), r.get("n")), r["noise_floor"])
+            floors.setdefault((r.get("target"), r.get("n")), r)
+    lines += ["", *_caption(records)]
     if floors:
-        cols = ("sw2", "mmd", "weight_error", "mean_error", "cov_error", "log_density_gap", "error")
-        lines += ["", "Noise floor (an exact sample against another, same n):", "",
-                  "| target | n | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
-        for (tname, n), fl in floors.items():
+        lines += ["", "Noise floor (an exact sample against another, same n; mean ± standard "
+                  "error over the seeds):", "",
+                  "| target | n | " + " | ".join(_FLOOR_COLUMNS) + " |",
+                  "|" + "---|" * (len(_FLOOR_COLUMNS) + 2)]
+        for (tname, n), r in floors.items():
             lines.append(f"| {_cell(_fmt(tname))} | {_fmt(n)} | "
-                         + " | ".join(_fmt(fl.get(c)) for c in cols) + " |")
+                         + " | ".join(_with_se(r, c, floor=True) for c in _FLOOR_COLUMNS) + " |")
+    rises = _rises(records)
+    if rises:
+        lines += ["", *rises]
     return "\n".join(lines) + "\n"
 
 
@@ -216,7 +297,8 @@ def save(records: Sequence[Mapping], out_dir, *, figures: bool = True,
     """Write ``results.json``, ``results.md`` and PNG figures to ``out_dir`` (created if needed).
 
     The figures are drawn by :func:`scoresde.plotting.save_comparison_figures` (matplotlib is
-    imported only when ``figures`` is true): one set per target, ``<metric>_vs_nfe_<target>.png``
+    imported only when ``figures`` is true) from the records marked by
+    :func:`~scoresde.compare.noise.rank`: one set per target, ``<metric>_vs_nfe_<target>.png``
     for each of ``figure_metrics`` and, when records carry ``samples``
     (``keep_samples=True``), ``samples_<target>.png``.
 
@@ -239,5 +321,6 @@ def save(records: Sequence[Mapping], out_dir, *, figures: bool = True,
     if figures:
         from ..plotting import save_comparison_figures
 
-        paths["figures"] = save_comparison_figures(records, out, metrics=figure_metrics)
+        ranked = rank(records, [m for m in figure_metrics if m in RANKED])
+        paths["figures"] = save_comparison_figures(ranked, out, metrics=figure_metrics)
     return paths

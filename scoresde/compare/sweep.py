@@ -23,6 +23,7 @@ from ..samplers import names as sampler_names
 from ..sde import SDE_NAMES, LinearSDE, make_sde
 from ..targets import GaussianMixture, make_target, target_names
 from .cost import SamplerCost, measure_cost, resolve  # resolve: the samplers' (C3)
+from .noise import RANKED, mean_and_spread, rank, replicate_seed
 from .records import new_record
 
 __all__ = ["DEFAULT_NFE", "TOLERANCES", "quick_preset", "run_comparison"]
@@ -240,6 +241,38 @@ def _sweep_adaptive(ctx, label, solver, budgets, base, tolerances, tick) -> list
     return out
 
 
+def _combine(reps: list[dict], seed: int, floor: dict, floor_spread: dict | None) -> dict:
+    """One record from the records of the repetitions: mean and spread of the metrics."""
+    seeds = len(reps)
+    bad = next(((i, r) for i, r in enumerate(reps) if r["status"] != "ok"), None)
+    if bad is not None:  # every seed must run for the record to be ok
+        i, out = bad[0], dict(bad[1])
+        if i > 0:
+            out["reason"] = f"seed {i + 1} of {seeds}: {out['reason']}"
+    else:
+        out = dict(reps[0])
+        mean, spread = mean_and_spread([{k: r[k] for k in METRICS} for r in reps])
+        out.update(mean, spread=spread)
+        times = [r["wall_time_s"] for r in reps]
+        if None not in times:
+            out["wall_time_s"] = math.fsum(times) / seeds
+        for key in ("peak_mem_bytes", "tracemalloc_peak_bytes"):
+            values = [r[key] for r in reps]
+            if None not in values:
+                out[key] = max(values)
+        notes = [out["note"]] if out.get("note") else []
+        nfes = [r["nfe"] for r in reps]
+        if len(set(nfes)) > 1:  # an adaptive solver, or a tolerance per seed
+            out["nfe"] = max(nfes)
+            notes.append(f"NFE {min(nfes)}-{max(nfes)} over the seeds")
+        tols = [(r.get("options") or {}).get("rtol") for r in reps]
+        if len(set(tols)) > 1:
+            notes.append("rtol per seed: " + ", ".join(f"{t:g}" for t in tols))
+        out["note"] = "; ".join(notes) or None
+    out.update(seed=seed, seeds=seeds, noise_floor=floor, noise_floor_spread=floor_spread)
+    return out
+
+
 def _resolve_targets(targets) -> dict[str, GaussianMixture]:
     if targets is None:
         return {name: make_target(name) for name in target_names()}
@@ -325,6 +358,7 @@ def run_comparison(
     n_projections: int = 256,
     tolerances: Sequence[float] = TOLERANCES,
     memory: str = "rss",
+    seeds: int = 1,
 ) -> list[dict]:
     r"""Sample every target with every sampler at every NFE budget and score the samples.
 
@@ -342,7 +376,7 @@ def run_comparison(
     sde : str or LinearSDE
         One of :data:`SDE_NAMES` or an SDE object with closed-form marginals.
     seed : int
-        Master seed (>= 0); see the module docstring.
+        Master seed (>= 0); see :mod:`scoresde.compare`.
     progress : bool
         Show a tqdm progress bar over the runs.
     keep_samples : bool
@@ -359,7 +393,15 @@ def run_comparison(
     tolerances : sequence of float
         The ``rtol = atol`` ladder of adaptive samplers (default :data:`TOLERANCES`).
     memory : {"rss", "tracemalloc", "none"}
-        How to measure the peak memory of each sampling call (see :func:`~scoresde.compare.timed_call`).
+        How to measure the peak memory of each sampling call (see
+        :func:`~scoresde.compare.timed_call`).
+    seeds : int
+        Repetitions of every run (>= 1), each with its own master seed
+        (:func:`~scoresde.compare.noise.replicate_seed`: its own prior draw, sampling noise,
+        exact reference sample and noise floor). Every metric is then the mean over the seeds,
+        with their spread, and :func:`~scoresde.compare.noise.rank` marks which differences
+        are within noise. The default 1 is the fastest (no spread, nothing marked, exactly the
+        run of ``seed``); use 3 or more to rank samplers (``scoresde compare`` uses 3).
 
     Returns
     -------
@@ -370,13 +412,18 @@ def run_comparison(
         ``wall_time_s``, ``peak_mem_bytes`` and ``mem_method``, ``tracemalloc_peak_bytes``, the
         metrics of :data:`METRICS` (``None`` unless ``ok``; ``inf`` where a metric is infinite)
         and ``noise_floor`` (the :func:`~scoresde.metrics.noise_floor` dict of the target at
-        ``n``).
+        ``n``), all means over the ``seeds`` repetitions; ``seeds``; ``spread`` and
+        ``noise_floor_spread`` (sample standard deviations over the seeds, ``None`` for one
+        seed); ``noise_marks`` (:func:`~scoresde.compare.noise.rank` of every metric but
+        ``mean_log_density``). A record is ``ok`` only if every seed ran; the NFE of an adaptive
+        solver, which can differ between seeds, is the largest (``note`` gives the range).
     """
     target_map = _resolve_targets(targets)
     sampler_map = _resolve_samplers(samplers)
     budgets = _resolve_budgets(nfe)
     n = check_int("n", n, minimum=2)
     seed = check_int("seed", seed, minimum=0)
+    seeds = check_int("seeds", seeds)
     sde_obj, sde_label = _resolve_sde(sde)
     eps = check_positive("eps", eps)
     n_projections = check_int("n_projections", n_projections)
@@ -393,45 +440,52 @@ def run_comparison(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(target_map) * len(sampler_map) * len(budgets), desc="compare",
-                   leave=False)
+        bar = tqdm(total=len(target_map) * len(sampler_map) * len(budgets) * seeds,
+                   desc="compare", leave=False)
 
     records: list[dict] = []
     try:
         for tname, target in target_map.items():
-            floor = _metrics.noise_floor(
-                target, n, n_projections=n_projections,
-                generator=torch.Generator().manual_seed(derive_seed(seed, tname, "floor")))
-            ctx = _Context(tname, target, sde_obj, sde_label, target.score_fn(sde_obj), n, seed,
-                           eps, device, dtype, n_projections, memory,
-                           {k: floor[k] for k in METRICS})
+            score_fn = target.score_fn(sde_obj)
+            ctxs = []
+            for i in range(seeds):
+                rep = replicate_seed(seed, i)
+                floor = _metrics.noise_floor(
+                    target, n, n_projections=n_projections,
+                    generator=torch.Generator().manual_seed(derive_seed(rep, tname, "floor")))
+                ctxs.append(_Context(tname, target, sde_obj, sde_label, score_fn, n, rep, eps,
+                                     device, dtype, n_projections, memory,
+                                     {k: floor[k] for k in METRICS}))
+            floor_mean, floor_spread = mean_and_spread([c.floor for c in ctxs])
             for label, solver in sampler_map.items():
 
-                def tick(label=label, tname=tname):
+                def tick(label=label, tname=tname, count=1):
                     if bar is not None:
-                        bar.update(1)
+                        bar.update(count)
                         bar.set_postfix(target=tname, sampler=label)
 
-                base = ctx.base(label, solver)
                 try:
-                    cost = measure_cost(sde_obj, ctx.score_fn, solver, target.dim, eps=eps,
+                    cost = measure_cost(sde_obj, score_fn, solver, target.dim, eps=eps,
                                         device=device, dtype=dtype)
                 except (TypeError, ValueError) as exc:
                     reason = f"not applicable: {exc}"
-                    for budget in budgets:
-                        records.append(_skip(ctx, base, label, budget, reason))
-                        tick()
-                    continue
-                if cost.adaptive:
-                    pairs = _sweep_adaptive(ctx, label, solver, budgets, base, tols, tick)
+                    reps = [[(_skip(c, c.base(label, solver), label, budget, reason), None)
+                             for budget in budgets] for c in ctxs]
+                    tick(count=len(budgets) * seeds)
                 else:
-                    pairs = _sweep_fixed(ctx, label, solver, cost, budgets, base, tick)
+                    reps = [_sweep_adaptive(c, label, solver, budgets, c.base(label, solver), tols,
+                                            tick) if cost.adaptive else
+                            _sweep_fixed(c, label, solver, cost, budgets, c.base(label, solver),
+                                         tick) for c in ctxs]
+                combined = [_combine([rep[j][0] for rep in reps], seed, floor_mean, floor_spread)
+                            for j in range(len(budgets))]
                 if keep_samples:
-                    ok = [(rec, run) for rec, run in pairs if rec["status"] == "ok"]
+                    ok = [(rec, run) for rec, (_, run) in zip(combined, reps[0], strict=True)
+                          if rec["status"] == "ok" and run is not None]
                     if ok:
                         ok[-1][0]["samples"] = ok[-1][1].samples.cpu()
-                records.extend(rec for rec, _ in pairs)
+                records.extend(combined)
     finally:
         if bar is not None:
             bar.close()
-    return records
+    return rank(records, RANKED)
