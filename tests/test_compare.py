@@ -145,15 +145,18 @@ class _FakeAdaptive(Sampler):
         return x
 
 
-class _NaNs(Sampler):
-    """Returns NaN samples on real batches without telling the driver (no callback)."""
+class _Unscorable(Sampler):
+    """Returns, on real batches, samples the evaluation refuses (one coordinate short).
 
-    name = "nans"
+    (Non-finite samples no longer get this far: the driver checks the final state.)
+    """
+
+    name = "unscorable"
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         for i in range(len(times) - 1):
             score_fn(x, times[i])
-        return x * math.nan if x.shape[0] > 2 else x
+        return x[:, :1] if x.shape[0] > 2 else x
 
 
 class _NoTolerance(Sampler):
@@ -178,7 +181,7 @@ def test_errors_and_adaptive_edge_cases():
     recs = compare.run_comparison(
         targets={"g": sd.Gaussian(torch.zeros(2), torch.eye(2))},
         samplers={"flaky": _Flaky(), "fake": _FakeAdaptive(), "fail": _FakeAdaptive(fail=True),
-                  "notol": _NoTolerance(), "broken": _Broken(), "nans": _NaNs()},
+                  "notol": _NoTolerance(), "broken": _Broken(), "unscorable": _Unscorable()},
         nfe=(5, 15, 40), n=20, tolerances=(1e-1, 1e-2), memory="none")
     got = {(r["sampler"], r["budget"]): r for r in recs}
     assert got["flaky", 5]["status"] == "error"
@@ -189,8 +192,8 @@ def test_errors_and_adaptive_edge_cases():
     assert got["fake", 40]["nfe"] == 20 and got["fake", 40]["note"] is None
     assert got["fail", 15]["status"] == "error" and "solver failed" in got["fail", 15]["reason"]
     assert got["notol", 5]["status"] == "skipped" and "rtol" in got["notol", 5]["reason"]
-    assert got["nans", 5]["status"] == "error"
-    assert got["nans", 5]["reason"].startswith("evaluation failed: ValueError")
+    assert got["unscorable", 5]["status"] == "error"
+    assert got["unscorable", 5]["reason"].startswith("evaluation failed: ValueError")
     assert got["broken", 5]["status"] == "skipped"
     assert "never runs" in got["broken", 5]["reason"]
     # a ladder that is exhausted reports the same run twice, and says so
