@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--sde", default=None, choices=compare.SDE_NAMES)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3,
+                   help="repetitions of every scoresde run (mean ± standard error; default 3)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--diffusers", choices=("auto", "yes", "no"), default="auto",
                    help="also run diffusers' schedulers (auto: when importable and sde is vp)")
@@ -66,7 +68,8 @@ def main(argv=None) -> int:
     keep = args.out is not None
 
     start = time.perf_counter()
-    records = compare.run_comparison(**config, seed=args.seed, progress=args.progress,
+    records = compare.run_comparison(**config, seed=args.seed, seeds=args.seeds,
+                                     progress=args.progress,
                                      keep_samples=keep, memory=args.memory)
     t_scoresde = time.perf_counter() - start
 

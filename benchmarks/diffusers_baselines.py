@@ -47,6 +47,7 @@ import torch
 
 import scoresde as sd
 from scoresde import compare
+from scoresde.compare.sweep import _resolve_budgets, _resolve_targets
 
 #: label -> (diffusers class name, constructor options)
 SCHEDULERS = types.MappingProxyType({
@@ -153,12 +154,12 @@ def run_diffusers(targets=None, schedulers=None, nfe=compare.DEFAULT_NFE, n: int
                   seed: int = 0, progress: bool = False, memory: str = "rss",
                   keep_samples: bool = False, n_projections: int = 256) -> list[dict]:
     """Records of diffusers' schedulers in the format of ``compare.run_comparison``."""
-    target_map = compare._resolve_targets(targets)
+    target_map = _resolve_targets(targets)
     labels = list(SCHEDULERS) if schedulers is None else list(schedulers)
     for label in labels:
         if label not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {label!r}; valid: {', '.join(SCHEDULERS)}")
-    budgets = compare._resolve_budgets(nfe)
+    budgets = _resolve_budgets(nfe)
     sde = sd.VPSDE()
     schedule = sde.discretize(N_TRAIN)
     records = []

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from .targets import GaussianMixture
 
 __all__ = [
+    "METRICS",
+    "METRIC_DESCRIPTIONS",
+    "within_noise",
     "sliced_wasserstein",
     "mmd",
     "mode_statistics",
@@ -33,6 +36,33 @@ __all__ = [
     "evaluate",
     "noise_floor",
 ]
+
+#: The metrics of :func:`evaluate` (every key of its result but ``n``), in the order the
+#: comparison harness (:mod:`scoresde.compare`) stores and prints them.
+METRICS: tuple[str, ...] = (
+    "sw2",
+    "mmd",
+    "weight_error",
+    "mean_error",
+    "cov_error",
+    "mean_log_density",
+    "log_density_gap",
+    "error",
+)
+
+#: One line per metric of :data:`METRICS`, for table and figure captions.
+METRIC_DESCRIPTIONS: dict[str, str] = {
+    "sw2": "sliced Wasserstein-2 distance to an exact sample",
+    "mmd": "MMD to an exact sample (RBF kernel, median-heuristic bandwidth)",
+    "weight_error": "largest error of a mode weight, max_k |w_k - w_k(exact)|",
+    "mean_error": "largest error of a mode mean, max_k ||m_k - mu_k||",
+    "cov_error": "largest relative error of a mode covariance, max_k ||C_k - S_k||_F / ||S_k||_F",
+    "mean_log_density": "mean log-density of the samples under the target",
+    "log_density_gap": "|mean log p(samples) - mean log p(exact sample)|",
+    "error": ("cov_error + log_density_gap + weight_error: the largest relative covariance "
+              "error of a mode (Frobenius norm), plus |mean log p(samples) - mean log p(exact "
+              "sample)| under the target, plus the largest error of a mode weight"),
+}
 
 # Largest number of matrix entries materialised at once by the chunked computations
 # (2**22 float64 entries = 32 MiB; far below the ~64M-entry budget).
@@ -585,3 +615,28 @@ def noise_floor(
     a = target.sample(n, generator=generator, dtype=torch.float64)
     b = target.sample(n, generator=generator, dtype=torch.float64)
     return evaluate(a, target, reference=b, n_projections=n_projections, generator=generator)
+
+
+def within_noise(a: float, se_a: float, b: float, se_b: float, z: float = 2.0) -> bool:
+    r"""Whether two estimates differ by less than ``z`` standard errors of their difference.
+
+    .. math:: |a - b| \le z \sqrt{\mathrm{se}_a^2 + \mathrm{se}_b^2}
+
+    With ``z = 2`` this is the two-sided test of equal means at about the 5 % level for
+    independent, roughly normal estimates (Wasserman 2004, *All of Statistics*, §10.1: the
+    Wald test). A standard error is the spread over independent repetitions divided by the
+    square root of their number.
+
+    Examples
+    --------
+    >>> from scoresde.metrics import within_noise
+    >>> within_noise(0.10, 0.01, 0.12, 0.01), within_noise(0.10, 0.01, 0.15, 0.01)
+    (True, False)
+    """
+    values = [float(v) for v in (a, se_a, b, se_b, z)]
+    if not all(math.isfinite(v) for v in values) or min(values[1], values[3]) < 0 or z <= 0:
+        raise ValueError(
+            "within_noise needs finite estimates, standard errors >= 0 and z > 0, got "
+            f"a={a}, se_a={se_a}, b={b}, se_b={se_b}, z={z}")
+    a, se_a, b, se_b, z = values
+    return abs(a - b) <= z * math.hypot(se_a, se_b)

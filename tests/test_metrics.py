@@ -16,6 +16,7 @@ import torch
 
 import scoresde as sd
 from scoresde.metrics import (
+    METRICS,
     _median_bandwidth,
     evaluate,
     mean_log_density,
@@ -388,6 +389,9 @@ def test_evaluate_reference_handling():
     b = evaluate(x.reshape(600, 1, 2), target, n_projections=64, generator=gen(5))
     assert b == evaluate(x.reshape(600, 1, 2), target, n_projections=64, generator=gen(5))
     assert b["n"] == 600 and all(math.isfinite(v) for v in b.values())
+    # METRICS names every metric of the result, in the order of the dict
+    assert METRICS == tuple(k for k in b if k != "n")
+    assert b["error"] == b["cov_error"] + b["log_density_gap"] + b["weight_error"]
 
 
 # ----------------------------------------------------------------------------------------
