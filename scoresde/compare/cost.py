@@ -16,13 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_int
-from ..samplers import Sampler, sample
+from ..samplers import Sampler, resolve, sample
 from ..sde import LinearSDE
-
-try:  # the registry module of the samplers package (contract C3)
-    from ..samplers import resolve
-except ImportError:  # before it lands the resolver lives in samplers.base
-    from ..samplers.base import resolve
 
 __all__ = ["SamplerCost", "measure_cost"]
 
