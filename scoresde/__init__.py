@@ -15,7 +15,7 @@ The public surface (see the API reference):
 """
 
 from . import compare, data, losses, metrics, nets, plotting, samplers, training
-from .likelihood import bits_per_dim, log_likelihood
+from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from .losses import (
     ddpm_loss,
     dsm_loss,
@@ -77,6 +77,8 @@ __all__ = [
     "sample",
     "SampleResult",
     "log_likelihood",
+    "flow_likelihood",
+    "LikelihoodResult",
     "bits_per_dim",
     "ScoreMLP",
     "UNet",
