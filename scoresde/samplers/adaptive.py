@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 
-from .._checks import bcast, check_int, check_positive
-from .._runtime import gaussian_like, time_vector
+from .._checks import all_finite, bcast, check_int, check_positive
+from .._runtime import NonFiniteError, gaussian_like, time_vector
 from ..stepping import (
     BS3,
     DOPRI5,
@@ -40,6 +40,21 @@ from ..stepping import (
 from .base import Sampler
 
 __all__ = ["AdaptiveODE", "AdaptiveSDE"]
+
+
+def _drift(field, x, t):
+    """``field.drift(x, t)``; a non-finite (trial) state raises :class:`NonFiniteError`.
+
+    The public drift rejects a non-finite ``x`` with a ``ValueError`` (bad input); inside a
+    solver such a state is a failed trial, which the step controller rejects and retries. The
+    happy path costs nothing extra.
+    """
+    try:
+        return field.drift(x, t)
+    except ValueError:
+        if all_finite(x):
+            raise
+        raise NonFiniteError("non-finite trial state") from None
 
 
 def _check_common(rtol, atol, norm, max_steps):
@@ -152,7 +167,7 @@ class AdaptiveODE(Sampler):
         t0, t_end = float(times[0]), float(times[-1])
 
         def v(y, t):
-            return flow.drift(y, time_vector(t, y))
+            return _drift(flow, y, time_vector(t, y))
 
         def propose(state: RKStep, t: float, t_next: float, h: float):
             trial = tableau.step(v, state.x, t, h, k0=state.k_last)
@@ -260,7 +275,7 @@ class AdaptiveSDE(Sampler):
             noise = math.sqrt(hh) * gaussian_like(x, generator)
             g, g_next = reverse.diffusion(tv), reverse.diffusion(tv_next)
             x1 = x - hh * reverse.drift(x, tv) + bcast(g.to(x), x) * noise
-            x_tilde = x - hh * reverse.drift(x1, tv_next) + bcast(g_next.to(x), x) * noise
+            x_tilde = x - hh * _drift(reverse, x1, tv_next) + bcast(g_next.to(x), x) * noise
             x2 = 0.5 * (x1 + x_tilde)
             err = error_ratio(x1 - x2, x, x1, rtol=self.rtol, atol=self.atol, norm=self.norm,
                               mixed="max")
