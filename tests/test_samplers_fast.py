@@ -383,3 +383,12 @@ def test_adaptive_run_without_callback_is_the_same_solve(sampler):
     torch.testing.assert_close(bare, out.samples, rtol=0, atol=0)
     # the callback sees every accepted step, in order, ending exactly at eps
     assert seen == sorted(seen, reverse=True) and seen[-1] == EPS and len(seen) > 2
+
+
+@pytest.mark.parametrize("name", ["adaptive_ode", "adaptive_sde"])
+def test_adaptive_solvers_do_not_retry_bad_input(name):
+    """A ValueError about a finite state (here: a score of the wrong shape) is not a rejection."""
+    sde = sd.VPSDE()
+    with pytest.raises(ValueError, match="shaped like x"):
+        sd.sample(sde, lambda x, t: x[:, :1], (4, 2), name, steps=1,
+                  generator=torch.Generator().manual_seed(0))
