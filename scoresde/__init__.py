@@ -14,7 +14,7 @@ The public surface (see the API reference):
   :mod:`scoresde.compare` (figures in :mod:`scoresde.plotting`).
 """
 
-from . import compare, data, losses, metrics, nets, plotting, samplers, training
+from . import compare, data, losses, metrics, nets, plotting, samplers, stepping, training
 from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from .losses import (
     ddpm_loss,
@@ -98,5 +98,6 @@ __all__ = [
     "losses",
     "nets",
     "plotting",
+    "stepping",
     "training",
 ]
