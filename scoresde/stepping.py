@@ -406,7 +406,7 @@ class PIController:
 
 
 def initial_step(f: Field, x: torch.Tensor, t0: float, k0: torch.Tensor, t_end: float, order: int,
-                 rtol: float, atol: float) -> float:
+                 rtol: float, atol: float, *, label: str = "initial_step") -> float:
     r"""Hairer's starting step size (Hairer, Nørsett & Wanner 1993, §II.4, p. 169), ``> 0``.
 
     With :math:`\delta = \mathrm{atol} + \mathrm{rtol}|x_0|`, :math:`d_0 = \lVert x_0/\delta\rVert`,
@@ -416,6 +416,12 @@ def initial_step(f: Field, x: torch.Tensor, t0: float, k0: torch.Tensor, t_end: 
     :math:`\min(100 h_0, h_1, |t_{\rm end} - t_0|)` (RMS norms, ``k = order``). Costs one
     evaluation of ``f``; if that evaluation is not finite (or raises :class:`NonFiniteError`),
     :math:`h_0` is returned and the step controller shrinks it as needed.
+
+    Raises
+    ------
+    NonFiniteError
+        If ``x`` or ``k0 = f(x, t0)`` is not finite (no step size can help): the message
+        names step 0 and ``t0``.
     """
     span = t_end - t0
     direction = -1.0 if span < 0 else 1.0
@@ -425,6 +431,8 @@ def initial_step(f: Field, x: torch.Tensor, t0: float, k0: torch.Tensor, t_end: 
 
     scale = atol + rtol * x.abs()
     d0, d1 = rms(x / scale), rms(k0 / scale)
+    if not math.isfinite(d0 + d1):
+        raise NonFiniteError(f"{label}: non-finite state or derivative at step 0 (t={t0:.6g})")
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     h0 = min(h0, abs(span))
     try:
@@ -474,6 +482,8 @@ def integrate_adaptive(
         If ``max_steps`` attempts (accepted or rejected) do not reach ``t_end``, or the step size
         underflows, with finite errors (the message names ``max_steps`` and what to change).
     """
+    if not (isinstance(h, (int, float)) and math.isfinite(h) and h != 0):
+        raise ValueError(f"h must be a finite non-zero step size, got {h!r}")
     direction = -1.0 if t_end < t0 else 1.0
     h = abs(h)
     t, step, attempts, err_prev, after_reject = t0, 0, 0, 1.0, False

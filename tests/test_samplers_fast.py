@@ -392,3 +392,12 @@ def test_adaptive_solvers_do_not_retry_bad_input(name):
     with pytest.raises(ValueError, match="shaped like x"):
         sd.sample(sde, lambda x, t: x[:, :1], (4, 2), name, steps=1,
                   generator=torch.Generator().manual_seed(0))
+
+
+def test_adaptive_ode_without_checks_stops_at_once_on_a_nan_start():
+    """Called directly (no driver checks), a NaN drift at the start is not retried."""
+    sde = sd.VPSDE()
+    counted = Counting(lambda x, t: torch.full_like(x, float("nan")))
+    with torch.no_grad(), pytest.raises(sd.samplers.NonFiniteError, match=r"step 0 \(t=1\)"):
+        AdaptiveODE().run(sde, counted, torch.zeros(4, 2), sd.samplers.time_grid(sde, 1))
+    assert counted.calls == 1

@@ -298,6 +298,14 @@ def test_loop_max_steps_and_underflow_with_finite_errors():
                            max_steps=1000, label="toy")
 
 
+@pytest.mark.parametrize("h", [0.0, math.nan, math.inf, "0.1"])
+def test_loop_needs_a_step_size(h):
+    propose, _ = scripted([])
+    with pytest.raises(ValueError, match="h must be a finite non-zero step size"):
+        integrate_adaptive(propose, 0, t0=0.0, t_end=1.0, h=h, controller=PIController(order=1),
+                           max_steps=10, label="toy")
+
+
 def test_loop_with_nothing_to_do_returns_the_state():
     propose, attempts = scripted([])
     assert integrate_adaptive(propose, "x", t0=0.5, t_end=0.5, h=0.1,
@@ -322,6 +330,8 @@ def test_initial_step_heuristic():
     assert initial_step(fails, x, 1.0, k0, 0.0, 5, 1e-3, 1e-3) == pytest.approx(0.01)
     nan = initial_step(lambda y, t: y * math.nan, x, 1.0, k0, 0.0, 5, 1e-3, 1e-3)
     assert nan == pytest.approx(0.01)
+    with pytest.raises(NonFiniteError, match=r"solver: non-finite state or derivative at step 0 \(t=1\)"):
+        initial_step(lambda y, t: -y, x, 1.0, k0 * math.nan, 0.0, 5, 1e-3, 1e-3, label="solver")
     tiny = initial_step(lambda y, t: 0 * y, x, 1.0, 0 * x, 0.0, 5, 1e-3, 1e-3)
     assert tiny == pytest.approx(1e-6)  # no motion: h0 = 1e-6 and h1 = max(1e-6, 1e-3 h0)
 

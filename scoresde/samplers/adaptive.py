@@ -176,7 +176,7 @@ class AdaptiveODE(Sampler):
             return err, trial
 
         k0 = v(x, t0)
-        h = initial_step(v, x, t0, k0, t_end, tableau.order, self.rtol, self.atol)
+        h = initial_step(v, x, t0, k0, t_end, tableau.order, self.rtol, self.atol, label=self.name)
         final = integrate_adaptive(
             propose, RKStep(x, k0, None), t0=t0, t_end=t_end, h=h,
             controller=PIController(order=tableau.order), max_steps=self.max_steps,
