@@ -16,9 +16,9 @@ The public surface (see the API reference):
 
 import importlib
 
-from . import data, losses, metrics, nets, predict, samplers
+from . import data, losses, metrics, nets, predict, samplers, stepping
 from ._runtime import NonFiniteError
-from .likelihood import bits_per_dim, log_likelihood
+from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from .losses import (
     ddpm_loss,
     dsm_loss,
@@ -106,6 +106,8 @@ __all__ = [
     "SampleResult",
     "NonFiniteError",
     "log_likelihood",
+    "flow_likelihood",
+    "LikelihoodResult",
     "bits_per_dim",
     "ScoreMLP",
     "UNet",
@@ -126,5 +128,6 @@ __all__ = [
     "nets",
     "plotting",
     "predict",
+    "stepping",
     "training",
 ]

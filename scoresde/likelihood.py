@@ -2,7 +2,7 @@ r"""Exact log-likelihoods through the probability-flow ODE, and bits per dimensi
 
 Along the probability-flow ODE :math:`\mathrm dx/\mathrm dt = \tilde f(x, t) = f(x, t) -
 \tfrac12 g(t)^2 \nabla_x\log p_t(x)` the density obeys the instantaneous change of variables
-(Chen et al. 2018; Song et al. 2021, §4.3 and App. D.2; THEORY §7)
+(Chen et al. 2018, Thm. 1; Song et al. 2021, §4.3 and App. D.2)
 
 .. math:: \frac{\mathrm d}{\mathrm dt}\log p_t(x_t) = -\nabla\cdot\tilde f(x_t, t)
           \quad\Longrightarrow\quad
@@ -11,47 +11,43 @@ Along the probability-flow ODE :math:`\mathrm dx/\mathrm dt = \tilde f(x, t) = f
 
 so the log-density of a point is one ODE solve from the data (``t = eps``) to the prior
 (``t = T``) of the augmented state :math:`[x, \Delta]`, :math:`\mathrm d\Delta/\mathrm dt =
-\nabla\cdot\tilde f`, followed by one prior evaluation.
+\nabla\cdot\tilde f`, followed by one prior evaluation. The solvers (fixed-step Runge–Kutta
+tableaus and the :func:`scipy.integrate.solve_ivp` wrapper) are those of
+:mod:`scoresde.stepping`, shared with the samplers.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from ._checks import check_end_time, check_int, check_positive, check_tensor
+from ._checks import all_finite, check_end_time, check_int, check_positive, check_tensor
 from ._runtime import CountingScore, NonFiniteError, gaussian_like, time_vector
-from .samplers.scipy_ode import METHODS as SCIPY_METHODS
-from .samplers.scipy_ode import jacobian_structure
 from .sde import SDE
+from .stepping import EULER, HEUN, RK4, SCIPY_METHODS, scipy_solve
 
-__all__ = ["log_likelihood", "bits_per_dim"]
+__all__ = ["log_likelihood", "flow_likelihood", "LikelihoodResult", "bits_per_dim"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 TRACES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
-
-# Explicit Runge-Kutta tableaux (c, A, b) of the fixed-step torch path.
-_TABLEAUX: dict[str, tuple[tuple[float, ...], tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
-    "euler": ((0.0,), ((),), (1.0,)),
-    "heun": ((0.0, 1.0), ((), (1.0,)), (0.5, 0.5)),
-    "rk4": (
-        (0.0, 0.5, 0.5, 1.0),
-        ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
-        (1 / 6, 1 / 3, 1 / 3, 1 / 6),
-    ),
-}
-METHODS = SCIPY_METHODS + tuple(_TABLEAUX)
+_FIXED = {tab.name: tab for tab in (EULER, HEUN, RK4)}  # the fixed-step torch methods
+METHODS = SCIPY_METHODS + tuple(_FIXED)
 
 # Largest number of grad-output entries (rows x batch x d) handed to one vectorised backward
 # pass of the exact trace. Measured on CPU: one pass over all d basis vectors is fastest for
 # small batch * d, but for large ones the (d, batch, d) grad outputs make it up to 2x slower
 # than a plain loop; chunks of ~2**16 entries were never slower than either.
 _TRACE_CHUNK = 2**16
+
+# the old positional order of log_likelihood's options (deprecated: keywords only now)
+_POSITIONAL = ("trace", "noise", "method", "rtol", "atol", "eps", "generator", "steps",
+               "return_nfe")
 
 
 def _rademacher_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -61,19 +57,28 @@ def _rademacher_like(x: torch.Tensor, generator: torch.Generator | None) -> torc
     return (2 * bits - 1).to(device=x.device, dtype=x.dtype)
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or (
+        "can't allocate memory" in text
+    )
+
+
 class _AugmentedFlow:
     r"""Right-hand side :math:`(\tilde f, \nabla\cdot\tilde f)` of the augmented flow ODE.
 
     Every call makes exactly one (counted) ``score_fn`` evaluation, then differentiates it:
-    ``d`` vector-Jacobian products for the exact trace (batched ``_TRACE_CHUNK`` entries at a
-    time), one for Hutchinson's estimate with the fixed ``probe``.
+    ``d`` vector-Jacobian products for the exact trace (``chunk`` of them per vectorised
+    backward pass), one for Hutchinson's estimate with the fixed ``probe``.
     """
 
-    def __init__(self, sde: SDE, score_fn: ScoreFn, probe: torch.Tensor | None, label: str):
+    def __init__(self, sde: SDE, score_fn: ScoreFn, probe: torch.Tensor | None, label: str,
+                 chunk: int | None):
         self.counted = CountingScore(score_fn, label)
         self.flow = sde.probability_flow(self._score)
         self.probe = probe
-        self.batched = True  # vectorised backward passes until one fails (see _exact_div)
+        self.chunk = chunk  # None: automatic (bounded by _TRACE_CHUNK entries)
+        self.batched = chunk is None or chunk > 1  # until a backward without batching rule
 
     def _score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = self.counted(x, t)
@@ -101,7 +106,12 @@ class _AugmentedFlow:
     def _exact_div(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         batch, d = x.shape[0], x[0].numel()
         eye = torch.eye(d, dtype=x.dtype, device=x.device)
-        chunk = max(1, min(d, _TRACE_CHUNK // (batch * d))) if self.batched else 1
+        if not self.batched:
+            chunk = 1
+        elif self.chunk is None:
+            chunk = max(1, min(d, _TRACE_CHUNK // (batch * d)))
+        else:
+            chunk = min(d, self.chunk)
         div = torch.zeros(batch, dtype=x.dtype, device=x.device)
         for i0 in range(0, d, chunk):
             i1 = min(d, i0 + chunk)
@@ -111,7 +121,14 @@ class _AugmentedFlow:
                     v, x, rows if self.batched else rows[0], retain_graph=True,
                     is_grads_batched=self.batched, allow_unused=True, materialize_grads=True,
                 )
-            except RuntimeError:
+            except RuntimeError as exc:
+                if _is_out_of_memory(exc):
+                    raise torch.OutOfMemoryError(
+                        f"log_likelihood: out of memory in the exact trace's backward pass over "
+                        f"{i1 - i0} basis vector(s) x batch {batch} x d {d}; pass trace_chunk=1 "
+                        "(one backward pass per coordinate: least memory, slowest) or a smaller "
+                        "trace_chunk, a smaller batch, or trace='hutchinson'"
+                    ) from exc
                 if not self.batched:
                     raise
                 # a backward without a batching rule (e.g. calls .item()): one pass per row
@@ -122,76 +139,34 @@ class _AugmentedFlow:
         return div
 
 
-def _check_finite(values: torch.Tensor | np.ndarray, where: str) -> None:
-    if isinstance(values, np.ndarray):
-        finite = bool(np.isfinite(values).all())
-    else:
-        finite = bool(torch.isfinite(values).all())
-    if not finite:
-        raise NonFiniteError(
-            f"log_likelihood: non-finite drift or divergence {where}; check score_fn, use "
-            "more steps / a tighter tolerance, or a larger eps"
-        )
+@dataclass(frozen=True)
+class LikelihoodResult:
+    r"""What :func:`flow_likelihood` returns.
 
-
-def _solve_fixed(aug: _AugmentedFlow, x: torch.Tensor, times: list[float], method: str):
-    """Explicit Runge–Kutta on the uniform grid ``times``; returns ``(x_T, Δ)``."""
-    c, A, b = _TABLEAUX[method]
-    delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for step in range(len(times) - 1):
-        aug.counted.step = step
-        t, h = times[step], times[step + 1] - times[step]
-        ks: list[torch.Tensor] = []
-        for ci, ai in zip(c, A, strict=True):
-            xi = x
-            for a, k in zip(ai, ks, strict=False):  # ks: the earlier stages
-                if a != 0.0:
-                    xi = xi + (h * a) * k
-            v, div = aug(xi, t + ci * h)
-            _check_finite(v, f"at step {step} (t={t + ci * h:.6g}, method {method})")
-            _check_finite(div, f"at step {step} (t={t + ci * h:.6g}, method {method})")
-            ks.append(v)
-            delta = delta + (h * b[len(ks) - 1]) * div
-        x = x + h * sum(bi * k for bi, k in zip(b, ks, strict=True))
-    return x, delta
-
-
-def _solve_scipy(aug: _AugmentedFlow, x: torch.Tensor, eps: float, T: float, method: str,
-                 rtol: float, atol: float):
-    """:func:`scipy.integrate.solve_ivp` on the batch flattened into one float64 system.
-
-    The state of sample ``b`` is the block ``[x_b (d entries), Δ_b]``, so the Jacobian of the
-    system is block diagonal with ``(d + 1) × (d + 1)`` blocks, the structure the
-    :class:`~scoresde.samplers.ProbabilityFlowODE` sampler hands to the implicit solvers.
+    Attributes
+    ----------
+    logp : Tensor, shape (batch,)
+        :math:`\log p_\epsilon(x) = \log\pi(x_T) + \Delta_T` in nats (``prior_logp + delta_logp``),
+        in the dtype and on the device of ``x``; detached.
+    nfe : int
+        Number of ``score_fn`` calls. One call is one batched forward evaluation; the
+        vector-Jacobian products that differentiate it are not counted separately (the exact
+        trace makes ``d`` of them per call, Hutchinson one); for ``Radau``/``BDF`` the
+        finite-difference Jacobian evaluations are included.
+    x_T : Tensor, shape like ``x``
+        The end point of the flow at ``t = T``: ``x`` mapped into prior space.
+    prior_logp : Tensor, shape (batch,)
+        :math:`\log\pi(x_T)` (or ``prior_log_prob(x_T)`` when given).
+    delta_logp : Tensor, shape (batch,)
+        :math:`\Delta_T = \int_\epsilon^T \nabla\cdot\tilde f(x_t, t)\,\mathrm dt`, the
+        log-determinant of the flow map's Jacobian from ``eps`` to ``T``.
     """
-    from scipy.integrate import solve_ivp
 
-    shape, dtype, device = x.shape, x.dtype, x.device
-    batch, d = shape[0], x[0].numel()
-    structure = jacobian_structure(method, batch, d + 1)
-
-    def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        aug.counted.step = aug.counted.calls  # scipy has no steps to name: the call index
-        xt = torch.from_numpy(y.reshape(batch, d + 1)[:, :d].copy()).reshape(shape)
-        v, div = aug(xt.to(device=device, dtype=dtype), t)
-        out = torch.cat([v.reshape(batch, d), div[:, None]], dim=1)
-        out = out.to("cpu", torch.float64).numpy().ravel()
-        _check_finite(out, f"at t={t:.6g} (method {method})")
-        return out
-
-    y0 = torch.cat([x.detach().reshape(batch, d), x.new_zeros(batch, 1)], dim=1)
-    sol = solve_ivp(
-        rhs, (eps, T), y0.to("cpu", torch.float64).numpy().ravel(), method=method,
-        rtol=rtol, atol=atol, **structure,
-    )
-    if not sol.success:
-        raise RuntimeError(
-            f"log_likelihood: solve_ivp ({method}, rtol={rtol:g}, atol={atol:g}) failed: "
-            f"{sol.message}"
-        )
-    yT = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(batch, d + 1)
-    x_T = yT[:, :d].reshape(shape).to(device=device, dtype=dtype)
-    return x_T, yT[:, d].to(device=device, dtype=dtype)
+    logp: torch.Tensor
+    nfe: int
+    x_T: torch.Tensor
+    prior_logp: torch.Tensor
+    delta_logp: torch.Tensor
 
 
 def _choice(name: str, value, valid: tuple[str, ...]) -> str:
@@ -200,23 +175,23 @@ def _choice(name: str, value, valid: tuple[str, ...]) -> str:
     return value
 
 
-def log_likelihood(
+def flow_likelihood(
     sde: SDE,
     score_fn: ScoreFn,
     x: torch.Tensor,
+    *,
     trace: str = "exact",
     noise: str = "rademacher",
     method: str = "RK45",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float = 1e-5,
-    generator: torch.Generator | None = None,
     steps: int | None = None,
-    return_nfe: bool = False,
-    *,
+    generator: torch.Generator | None = None,
     prior_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
-):
-    r"""Log-density (nats) of ``x`` under the model defined by ``score_fn``, via the flow ODE.
+    trace_chunk: int | None = None,
+) -> LikelihoodResult:
+    r"""Log-density (nats) of ``x`` through the flow ODE, with the count and the parts of the result.
 
     Integrates the probability-flow ODE forward in time, from the data at ``t = eps`` to the
     prior at ``t = T``, together with the divergence of its drift (Song et al. 2021, eq. 39;
@@ -230,7 +205,8 @@ def log_likelihood(
     .. math:: \log p_\epsilon(x) = \log \pi(x_T) + \Delta_T,
 
     with :math:`\pi` the prior (:meth:`SDE.prior_log_prob`). With the exact score and the true
-    :math:`p_T` in place of :math:`\pi` this is an identity.
+    :math:`p_T` in place of :math:`\pi` this is an identity. :func:`log_likelihood` returns
+    just ``logp``.
 
     Parameters
     ----------
@@ -246,12 +222,12 @@ def log_likelihood(
         ``exact``: :math:`\nabla\cdot\tilde f = \sum_i \partial\tilde f_i/\partial x_i` from
         ``d`` vector-Jacobian products :math:`e_i^\top \partial\tilde f/\partial x` per drift
         evaluation, vectorised (``torch.autograd.grad(..., is_grads_batched=True)``, in chunks
-        bounded in memory; a score whose backward cannot be vectorised falls back to ``d``
-        separate passes). Each drift evaluation then costs one forward call of ``score_fn``
-        and ``d`` backward passes through it — use it for small ``d``. ``hutchinson``: the
-        Hutchinson–Skilling estimate :math:`v^\top (\partial\tilde f/\partial x)\, v` with one
-        probe ``v`` per sample, drawn once per solve and held fixed along the path (Grathwohl
-        et al. 2019): one backward pass per evaluation; unbiased,
+        bounded in memory, see ``trace_chunk``; a score whose backward cannot be vectorised
+        falls back to ``d`` separate passes). Each drift evaluation then costs one forward call
+        of ``score_fn`` and ``d`` backward passes through it — use it for small ``d``.
+        ``hutchinson``: the Hutchinson–Skilling estimate :math:`v^\top (\partial\tilde
+        f/\partial x)\, v` with one probe ``v`` per sample, drawn once per solve and held fixed
+        along the path (Grathwohl et al. 2019): one backward pass per evaluation; unbiased,
         :math:`\mathbb E_v[v^\top J v] = \operatorname{tr} J` for :math:`\mathbb E[vv^\top] = I`.
     noise : {"rademacher", "gaussian"}
         Distribution of the Hutchinson probe (ignored by the exact trace). Rademacher
@@ -260,69 +236,58 @@ def log_likelihood(
     method : str
         A :func:`scipy.integrate.solve_ivp` method (``"RK45"`` — the default, as Song et al. —
         ``"RK23"``, ``"DOP853"``, ``"Radau"``, ``"BDF"``, ``"LSODA"``): adaptive steps, the batch
-        flattened into one float64 system as in
-        :class:`~scoresde.samplers.ProbabilityFlowODE`. Or ``"euler"``, ``"heun"``, ``"rk4"``:
-        explicit Runge–Kutta of order 1, 2, 4 (1, 2, 4 score calls per step) in torch, in the
-        dtype and on the device of ``x``, over ``steps`` uniform steps from ``eps`` to ``T``.
+        flattened into one float64 system (:func:`scoresde.stepping.scipy_solve`). Or
+        ``"euler"``, ``"heun"``, ``"rk4"``: explicit Runge–Kutta of order 1, 2, 4 (1, 2, 4 score
+        calls per step) in torch, in the dtype and on the device of ``x``, over ``steps``
+        uniform steps from ``eps`` to ``T``.
     rtol, atol : float
         Tolerances of the scipy solvers (> 0), applied to ``x`` and :math:`\Delta` alike.
     eps : float
         Start time in ``(0, T)`` (default ``1e-5``, Song et al.'s choice for likelihoods).
-    generator : torch.Generator, optional
-        Source of the Hutchinson probes.
     steps : int, optional
         Number of steps of the fixed-step methods; required by them, not accepted otherwise.
-    return_nfe : bool
-        Also return the number of ``score_fn`` calls.
+    generator : torch.Generator, optional
+        Source of the Hutchinson probes.
     prior_log_prob : callable, optional
         ``prior_log_prob(x_T) -> (batch,)`` used instead of :meth:`SDE.prior_log_prob`, e.g.
         the exact :math:`\log p_T` of a reference target (removes the prior mismatch below).
+    trace_chunk : int, optional
+        Exact trace only: how many of the ``d`` basis vectors go into one vectorised backward
+        pass (>= 1). Default: as many as keep one pass within :math:`2^{16}` grad-output entries
+        (``chunk · batch · d``). ``1`` makes one plain backward pass per coordinate (least
+        memory, slowest). Running out of memory raises an error that suggests it; the solve
+        never switches to the slow path on its own.
 
     Returns
     -------
-    logp : Tensor, shape (batch,)
-        :math:`\log p_\epsilon(x)` in nats, in the dtype and on the device of ``x``; detached
-        (no gradient flows back to ``x`` or to the parameters of ``score_fn``).
-    nfe : int
-        Only with ``return_nfe=True``: the number of ``score_fn`` calls. One call is one
-        batched forward evaluation; the vector-Jacobian products that differentiate it are
-        not counted separately (the exact trace makes ``d`` of them per call, Hutchinson one),
-        and for ``Radau``/``BDF`` the finite-difference Jacobians are included.
+    LikelihoodResult
+        ``logp`` (shape ``(batch,)``), ``nfe``, ``x_T``, ``prior_logp`` and ``delta_logp``.
 
     Notes
     -----
     **What is evaluated.** The solve starts at ``t = eps``, so the result is the density of
     :math:`p_\epsilon`, the data law convolved with the transition kernel
     :math:`\mathcal N(s(\epsilon) x_0, \sigma(\epsilon)^2 I)`, at ``x`` — not of :math:`p_0`
-    (whose score may be singular). At ``eps = 1e-5`` this kernel has
-    :math:`\sigma(\epsilon) \approx 1.0\cdot10^{-3}` for the default VP SDE and
-    :math:`1.3\cdot10^{-4}` for the default VE SDE, and :math:`s(\epsilon) = 1 - 5\cdot10^{-7}`
-    (VP): :math:`\log p_\epsilon - \log p_0 \approx \tfrac12\sigma(\epsilon)^2
-    (\Delta\log p_0 + \|\nabla\log p_0\|^2)`, negligible unless the data have structure on
-    that scale (discrete data do: dequantise them, see :func:`bits_per_dim`).
+    (whose score may be singular): :math:`\log p_\epsilon - \log p_0 \approx
+    \tfrac12\sigma(\epsilon)^2 (\Delta\log p_0 + \|\nabla\log p_0\|^2)`, negligible unless the
+    data have structure on the scale :math:`\sigma(\epsilon)` (discrete data do: dequantise
+    them, see :func:`bits_per_dim`).
 
     **Prior mismatch.** The prior :math:`\pi` replaces the true :math:`p_T`; the error of each
     result is :math:`\log p_T(x_T) - \log\pi(x_T)`, whose mean over :math:`x_T \sim p_T` is
-    :math:`\mathrm{KL}(p_T\,\|\,\pi)`. For the default VP SDE :math:`s(T) = e^{-5.025} \approx
-    6.6\cdot10^{-3}` and :math:`\sigma(T)^2 = 1 - 4.3\cdot10^{-5}`, so with :math:`m =
-    \mathbb E x_0`
+    :math:`\mathrm{KL}(p_T\,\|\,\pi)`. For a VP SDE with :math:`\sigma(T)^2 \approx 1` and
+    :math:`m = \mathbb E x_0`,
 
     .. math:: \log p_T(x) - \log\pi(x) = s(T)\, x^\top m + O(s(T)^2), \qquad
-              \mathrm{KL}(p_T\|\pi) = \tfrac12 s(T)^2\|m\|^2 + O(s(T)^4):
+              \mathrm{KL}(p_T\|\pi) = \tfrac12 s(T)^2\|m\|^2 + O(s(T)^4),
 
-    per sample an error of standard deviation :math:`6.6\cdot10^{-3}\|m\|` nats, on average
-    :math:`2.2\cdot10^{-5}\|m\|^2` nats (sub-VP: the same to this order). For the default VE
-    SDE (:math:`\sigma_{\max} = 50`, :math:`\sigma(T)^2 = \sigma_{\max}^2 - \sigma_{\min}^2`) the
-    first-order term is :math:`x^\top m/\sigma_{\max}^2`, of standard deviation
-    :math:`0.02\|m\|`, plus :math:`\tfrac12(x^\top \Sigma_0 x/\sigma_{\max}^4 -
-    \operatorname{tr}\Sigma_0/\sigma_{\max}^2)` from the data covariance :math:`\Sigma_0 =
-    \mathbb E x_0x_0^\top`; the KL is :math:`\|m\|^2/(2\sigma_{\max}^2) = 2\cdot10^{-4}\|m\|^2`
-    to first order. Pass ``prior_log_prob`` to use a known :math:`p_T` instead.
+    and for a VE SDE the first-order term is :math:`x^\top m/\sigma_{\max}^2`. Pass
+    ``prior_log_prob`` to use a known :math:`p_T` instead. The values for the default SDEs
+    are worked out in the user guide ("Likelihood").
 
-    **Accuracy.** With a scipy method the error is set by ``rtol``/``atol`` (the tests reach
-    < 0.01 nats at the defaults with exact scores); with ``rk4`` it falls as ``steps^-4``. The
-    uniform torch grid is not refined near ``eps``, where the flow is stiffest for tight modes.
-    Use float64 inputs for comparisons at the 1e-4 level.
+    **Accuracy.** With a scipy method the error is set by ``rtol``/``atol``; with ``rk4`` it
+    falls as ``steps^-4``. The uniform torch grid is not refined near ``eps``, where the flow is
+    stiffest for tight modes. Use float64 inputs for comparisons at the 1e-4 level.
 
     Raises
     ------
@@ -330,6 +295,9 @@ def log_likelihood(
         If the drift or its divergence becomes NaN or inf (the message names the time).
     RuntimeError
         If ``solve_ivp`` fails.
+    torch.OutOfMemoryError
+        If a vectorised backward pass of the exact trace runs out of memory (see
+        ``trace_chunk``).
 
     References
     ----------
@@ -349,10 +317,12 @@ def log_likelihood(
     >>> target = sd.Gaussian(torch.tensor([0.5, -0.5]), torch.tensor([[1.0, 0.3], [0.3, 0.5]]))
     >>> x = torch.tensor([[0.0, 0.0], [1.0, -1.0]], dtype=torch.float64)
     >>> exact = target.log_prob_fn(sde)
-    >>> logp, nfe = sd.log_likelihood(sde, target.score_fn(sde), x, return_nfe=True,
-    ...                               prior_log_prob=lambda xT: exact(xT, sde.T))
-    >>> bool(((logp - exact(x, 1e-5)).abs() < 1e-3).all()), nfe > 10
+    >>> res = sd.flow_likelihood(sde, target.score_fn(sde), x,
+    ...                          prior_log_prob=lambda xT: exact(xT, sde.T))
+    >>> bool(((res.logp - exact(x, 1e-5)).abs() < 1e-3).all()), res.nfe > 10
     (True, True)
+    >>> bool(torch.equal(res.logp, res.prior_logp + res.delta_logp)), res.x_T.shape
+    (True, torch.Size([2, 2]))
     """
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an SDE, got {type(sde).__name__}")
@@ -368,13 +338,13 @@ def log_likelihood(
     atol = check_positive("atol", atol)
     eps = check_end_time(sde, eps)
     T = float(sde.T)
-    if method in _TABLEAUX:
+    if method in _FIXED:
         if steps is None:
             raise ValueError(f"steps is required with the fixed-step method {method!r}")
         steps = check_int("steps", steps)
     elif steps is not None:
         raise ValueError(
-            f"steps is only used by the fixed-step methods {tuple(_TABLEAUX)}; the scipy method "
+            f"steps is only used by the fixed-step methods {tuple(_FIXED)}; the scipy method "
             f"{method!r} chooses its own steps (set rtol/atol instead), got steps={steps!r}"
         )
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -383,26 +353,164 @@ def log_likelihood(
         )
     if prior_log_prob is not None and not callable(prior_log_prob):
         raise TypeError("prior_log_prob must be callable as prior_log_prob(x_T) -> (batch,)")
+    if trace_chunk is not None:
+        if trace != "exact":
+            raise ValueError(f"trace_chunk is only used by trace='exact', got trace={trace!r}")
+        trace_chunk = check_int("trace_chunk", trace_chunk)
 
     x = x.detach()
     probe = None
     if trace == "hutchinson":
         draw = _rademacher_like if noise == "rademacher" else gaussian_like
         probe = draw(x, generator)
-    aug = _AugmentedFlow(sde, score_fn, probe, f"log_likelihood ({method})")
-    if method in _TABLEAUX:
-        times = torch.linspace(eps, T, steps + 1, dtype=torch.float64).tolist()
-        times[-1] = T
-        x_T, delta = _solve_fixed(aug, x, times, method)
+    aug = _AugmentedFlow(sde, score_fn, probe, f"log_likelihood ({method})", trace_chunk)
+    shape, batch, d = x.shape, x.shape[0], x[0].numel()
+
+    def rhs(z: torch.Tensor, t: float) -> torch.Tensor:
+        """The augmented state ``z = [x (d entries), Δ]`` per sample, shape ``(batch, d + 1)``."""
+        v, div = aug(z[:, :d].reshape(shape), t)
+        return torch.cat([v.reshape(batch, d), div[:, None]], dim=1)
+
+    z = torch.cat([x.reshape(batch, d), x.new_zeros(batch, 1)], dim=1)
+    if method in _FIXED:
+        z = _solve_fixed(rhs, z, eps, T, steps, _FIXED[method], aug.counted)
     else:
-        x_T, delta = _solve_scipy(aug, x, eps, T, method, rtol, atol)
+        def counted_rhs(z: torch.Tensor, t: float) -> torch.Tensor:
+            aug.counted.step = aug.counted.calls  # scipy has no steps to name: the call index
+            return rhs(z, t)
+
+        z = scipy_solve(
+            counted_rhs, z, (eps, T), method=method, rtol=rtol, atol=atol,
+            label="log_likelihood", what="drift or divergence",
+            hint="check score_fn, use a tighter tolerance, or a larger eps",
+        ).final
+    x_T, delta = z[:, :d].reshape(shape), z[:, d]
 
     prior = sde.prior_log_prob(x_T) if prior_log_prob is None else prior_log_prob(x_T)
-    if not isinstance(prior, torch.Tensor) or tuple(prior.shape) != (x.shape[0],):
+    if not isinstance(prior, torch.Tensor) or tuple(prior.shape) != (batch,):
         got = tuple(prior.shape) if isinstance(prior, torch.Tensor) else type(prior).__name__
-        raise ValueError(f"prior_log_prob must return a ({x.shape[0]},) tensor, got {got}")
-    logp = (prior.detach().to(device=x.device, dtype=x.dtype) + delta).detach()
-    return (logp, aug.counted.calls) if return_nfe else logp
+        raise ValueError(f"prior_log_prob must return a ({batch},) tensor, got {got}")
+    prior = prior.detach().to(device=x.device, dtype=x.dtype)
+    return LikelihoodResult(logp=prior + delta, nfe=aug.counted.calls, x_T=x_T,
+                            prior_logp=prior, delta_logp=delta)
+
+
+def _solve_fixed(rhs, z: torch.Tensor, eps: float, T: float, steps: int, tableau,
+                 counted: CountingScore) -> torch.Tensor:
+    """``steps`` uniform steps of an explicit Runge–Kutta ``tableau`` from ``eps`` to ``T``."""
+    times = torch.linspace(eps, T, steps + 1, dtype=torch.float64).tolist()
+    times[-1] = T
+
+    def checked(z: torch.Tensor, t: float) -> torch.Tensor:
+        out = rhs(z, t)
+        if not all_finite(out):
+            raise NonFiniteError(
+                f"log_likelihood: non-finite drift or divergence at step {counted.step} "
+                f"(t={t:.6g}, method {tableau.name}); check score_fn, use more steps, or a "
+                "larger eps"
+            )
+        return out
+
+    for step in range(steps):
+        counted.step = step
+        z = tableau.step(checked, z, times[step], times[step + 1] - times[step]).x
+    return z
+
+
+def log_likelihood(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    *args,
+    trace: str = "exact",
+    noise: str = "rademacher",
+    method: str = "RK45",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: float = 1e-5,
+    generator: torch.Generator | None = None,
+    steps: int | None = None,
+    prior_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    trace_chunk: int | None = None,
+    return_nfe: bool = False,
+):
+    r"""Log-density (nats) of ``x`` under the model defined by ``score_fn``, via the flow ODE.
+
+    Integrates the augmented probability-flow ODE from the data at ``t = eps`` to the prior at
+    ``t = T`` (Song et al. 2021, eq. 39; Chen et al. 2018, Thm. 1),
+
+    .. math:: \log p_\epsilon(x) = \log \pi(x_T)
+              + \int_\epsilon^T \nabla\cdot\tilde f(x_t, t)\,\mathrm dt, \qquad
+              \tilde f = f - \tfrac12 g^2\,s_\theta, \quad x_\epsilon = x,
+
+    exactly as :func:`flow_likelihood` (which documents every option and also returns the
+    NFE, the prior-space point :math:`x_T` and both terms) and returns only the log-density.
+
+    Parameters
+    ----------
+    sde, score_fn, x
+        The forward process, the score ``score_fn(x, t)`` (differentiable in ``x``) and the
+        points, shape ``(batch, *event)``.
+    trace, noise, method, rtol, atol, eps, generator, steps, prior_log_prob, trace_chunk
+        Keyword-only; see :func:`flow_likelihood`.
+    *args
+        Deprecated: the options above given by position in their old order (``trace``,
+        ``noise``, ``method``, ``rtol``, ``atol``, ``eps``, ``generator``, ``steps``,
+        ``return_nfe``) still work for one release with a ``DeprecationWarning``.
+    return_nfe : bool
+        Deprecated (``DeprecationWarning``; removed in the next release): also return the
+        number of score calls, as ``(logp, nfe)``. Use :func:`flow_likelihood` instead.
+
+    Returns
+    -------
+    logp : Tensor, shape (batch,)
+        :math:`\log p_\epsilon(x)` in nats, in the dtype and on the device of ``x``; detached
+        (no gradient flows back to ``x`` or to the parameters of ``score_fn``).
+
+    References
+    ----------
+    Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), *Score-based generative
+    modeling through stochastic differential equations*, ICLR, §4.3 and App. D.2.
+    Chen, Rubanova, Bettencourt & Duvenaud (2018), *Neural ordinary differential equations*.
+
+    Examples
+    --------
+    >>> import torch, scoresde as sd
+    >>> sde = sd.VPSDE()
+    >>> target = sd.Gaussian(torch.zeros(2), 0.5 * torch.eye(2))
+    >>> x = torch.tensor([[0.0, 0.0], [1.0, -1.0]], dtype=torch.float64)
+    >>> logp = sd.log_likelihood(sde, target.score_fn(sde), x, trace="exact")
+    >>> logp.shape, bool(((logp - target.log_prob(x)).abs() < 1e-2).all())
+    (torch.Size([2]), True)
+    """
+    options = dict(trace=trace, noise=noise, method=method, rtol=rtol, atol=atol, eps=eps,
+                   generator=generator, steps=steps)
+    if args:
+        if len(args) > len(_POSITIONAL):
+            raise TypeError(
+                f"log_likelihood takes at most {3 + len(_POSITIONAL)} positional arguments "
+                f"(sde, score_fn, x and the deprecated {', '.join(_POSITIONAL)}), got "
+                f"{3 + len(args)}"
+            )
+        names = _POSITIONAL[: len(args)]
+        warnings.warn(
+            f"passing {', '.join(names)} to log_likelihood by position is deprecated and will "
+            "stop working in the next release; pass them by keyword "
+            f"({', '.join(f'{n}=...' for n in names)})",
+            DeprecationWarning, stacklevel=2,
+        )
+        given = dict(zip(names, args))
+        return_nfe = given.pop("return_nfe", return_nfe)
+        options.update(given)
+    if return_nfe:
+        warnings.warn(
+            "log_likelihood(..., return_nfe=True) is deprecated and will be removed in the next "
+            "release; use flow_likelihood(...), whose result has .logp and .nfe",
+            DeprecationWarning, stacklevel=2,
+        )
+    res = flow_likelihood(sde, score_fn, x, prior_log_prob=prior_log_prob,
+                          trace_chunk=trace_chunk, **options)
+    return (res.logp, res.nfe) if return_nfe else res.logp
 
 
 def bits_per_dim(
@@ -442,7 +550,7 @@ def bits_per_dim(
     Parameters
     ----------
     sde, score_fn
-        As for :func:`log_likelihood`.
+        As for :func:`flow_likelihood`.
     x : Tensor, shape ``(batch, *event)``
         The discrete data, scaled to ``data_range``.
     n_bins : int
@@ -452,15 +560,17 @@ def bits_per_dim(
     dequantize : bool
         Add uniform noise within each bin (see above).
     generator : torch.Generator, optional
-        Draws the dequantisation noise, then is handed to :func:`log_likelihood` (Hutchinson
+        Draws the dequantisation noise, then is handed to :func:`flow_likelihood` (Hutchinson
         probes): the same seed gives the same result.
     **kwargs
-        Passed to :func:`log_likelihood` (``trace``, ``method``, ``eps``, ``return_nfe`` ...).
+        Keyword options of :func:`flow_likelihood` (``trace``, ``method``, ``eps``,
+        ``prior_log_prob`` ...). ``return_nfe=True`` (deprecated, ``DeprecationWarning``;
+        removed in the next release) also returns the number of score calls.
 
     Returns
     -------
     bpd : Tensor, shape (batch,)
-        Or ``(bpd, nfe)`` with ``return_nfe=True``.
+        Or ``(bpd, nfe)`` with the deprecated ``return_nfe=True``.
 
     Examples
     --------
@@ -508,8 +618,15 @@ def bits_per_dim(
         u = torch.rand(x.shape, generator=generator, device=device, dtype=torch.float64)
         u = u.to(x.device)
         y = (lo + (k + u) * width).to(x.dtype)
-    out = log_likelihood(sde, score_fn, y, generator=generator, **kwargs)
-    logp, nfe = out if kwargs.get("return_nfe", False) else (out, None)
+    return_nfe = kwargs.pop("return_nfe", False)
+    if return_nfe:
+        warnings.warn(
+            "bits_per_dim(..., return_nfe=True) is deprecated and will be removed in the next "
+            "release; count the score calls with a wrapper around score_fn, or call "
+            "flow_likelihood on the dequantised data for .nfe",
+            DeprecationWarning, stacklevel=2,
+        )
+    res = flow_likelihood(sde, score_fn, y, generator=generator, **kwargs)
     d = x[0].numel()
-    bpd = -logp / (d * math.log(2)) - math.log2(width)
-    return (bpd, nfe) if nfe is not None else bpd
+    bpd = -res.logp / (d * math.log(2)) - math.log2(width)
+    return (bpd, res.nfe) if return_nfe else bpd

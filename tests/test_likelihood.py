@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import scoresde as sd
-from scoresde.likelihood import METHODS, bits_per_dim, log_likelihood
+from scoresde.likelihood import METHODS, LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from scoresde.samplers import NonFiniteError
 
 EPS = 1e-5
@@ -220,9 +220,9 @@ def test_nfe_counts_score_calls(method, steps, per_step, trace):
     sde, target = sd.VPSDE(), sd.imbalanced_2d()
     counter = Counter(target.score_fn(sde))
     rtol = 1e-3 if method == "Radau" else 1e-5  # Radau's FD Jacobians: keep the test short
-    logp, nfe = log_likelihood(sde, counter, points_2d(2), trace=trace, method=method, steps=steps,
-                               rtol=rtol, atol=rtol, return_nfe=True,
-                               generator=torch.Generator().manual_seed(0))
+    res = flow_likelihood(sde, counter, points_2d(2), trace=trace, method=method, steps=steps,
+                          rtol=rtol, atol=rtol, generator=torch.Generator().manual_seed(0))
+    logp, nfe = res.logp, res.nfe
     assert nfe == counter.calls > 0
     if per_step is not None:
         assert nfe == per_step * steps
@@ -355,7 +355,8 @@ def test_bits_per_dim_dequantisation():
     assert not torch.equal(y, x.double())
     torch.testing.assert_close(run(0), first, rtol=0, atol=0)  # reproducible
     assert not torch.equal(run(1), first)
-    bpd, nfe = run(0, return_nfe=True)
+    with pytest.warns(DeprecationWarning, match=r"return_nfe=True\) is deprecated"):
+        bpd, nfe = run(0, return_nfe=True)
     assert nfe == 1
     torch.testing.assert_close(bpd, first, rtol=0, atol=0)
 
@@ -429,3 +430,120 @@ def test_bad_sde_and_score():
 
 def test_method_table():
     assert METHODS == ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA", "euler", "heun", "rk4")
+
+
+# -- the result-returning twin, deprecations, memory ----------------------------------------
+
+
+def test_flow_likelihood_parts_are_the_closed_form_flow_map():
+    """N(μ, diag v) data: the flow map is affine and its log-determinant is closed form.
+
+    With c_t = s_t² v + σ_t², x_T - s_T μ = sqrt(c_T / c_eps) (x - s_eps μ) per coordinate and
+    Δ_T = Σ_i ½ log(c_T,i / c_eps,i) (the flow's volume change), the same for every point.
+    """
+    sde = sd.VPSDE()
+    mu = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    var = torch.tensor([0.05, 1.0, 3.0], dtype=torch.float64)
+    target = sd.Gaussian(mu, torch.diag(var))
+    x = target.sample(5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    res = flow_likelihood(sde, target.score_fn(sde), x, rtol=1e-9, atol=1e-9)
+    assert isinstance(res, LikelihoodResult)
+
+    def coeffs(t):
+        tt = torch.tensor(t, dtype=torch.float64)
+        s = sde.mean_coeff(tt)
+        return s, s**2 * var + sde.std(tt) ** 2
+
+    (s_e, c_e), (s_T, c_T) = coeffs(EPS), coeffs(sde.T)
+    x_T = s_T * mu + (c_T / c_e).sqrt() * (x - s_e * mu)
+    torch.testing.assert_close(res.x_T, x_T, rtol=0, atol=1e-6)
+    log_det = 0.5 * torch.log(c_T / c_e).sum()
+    torch.testing.assert_close(res.delta_logp, log_det.expand(5), rtol=0, atol=1e-6)
+    torch.testing.assert_close(res.prior_logp, sde.prior_log_prob(res.x_T), rtol=0, atol=0)
+    torch.testing.assert_close(res.logp, res.prior_logp + res.delta_logp, rtol=0, atol=0)
+    assert res.nfe > 10
+    plain = log_likelihood(sde, target.score_fn(sde), x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(plain, res.logp, rtol=0, atol=0)
+
+
+def test_return_nfe_is_deprecated_but_works():
+    sde, target = sd.VPSDE(), sd.imbalanced_2d()
+    x, score = points_2d(2), target.score_fn(sde)
+    res = flow_likelihood(sde, score, x, method="heun", steps=3)
+    with pytest.warns(DeprecationWarning, match=r"return_nfe=True\) is deprecated.*flow_likelihood"):
+        logp, nfe = log_likelihood(sde, score, x, method="heun", steps=3, return_nfe=True)
+    assert nfe == res.nfe == 6
+    torch.testing.assert_close(logp, res.logp, rtol=0, atol=0)
+
+
+def test_positional_options_are_deprecated_but_work():
+    sde, target = sd.VPSDE(), sd.imbalanced_2d()
+    x, score = points_2d(2), target.score_fn(sde)
+    gen = torch.Generator
+    by_name = log_likelihood(sde, score, x, trace="hutchinson", noise="gaussian", method="rk4",
+                             generator=gen().manual_seed(0), steps=2)
+    with pytest.warns(DeprecationWarning, match="by position is deprecated.*trace=..., noise="):
+        by_position = log_likelihood(sde, score, x, "hutchinson", "gaussian", "rk4", 1e-5, 1e-5,
+                                     1e-5, gen().manual_seed(0), 2)
+    torch.testing.assert_close(by_position, by_name, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning) as record:
+        logp, nfe = log_likelihood(sde, score, x, "exact", "rademacher", "euler", 1e-5, 1e-5,
+                                   1e-5, None, 3, True)
+    assert nfe == 3 and logp.shape == (4,)
+    assert len(record) == 2  # the positional options, then return_nfe
+    with pytest.raises(TypeError, match="at most 12 positional arguments"):
+        log_likelihood(sde, score, x, *range(10))
+
+
+def _failing_first_backward(score, error):
+    """A score whose first backward pass raises ``error`` (as a too large vectorised pass would)."""
+    failures = []
+
+    def hook(grad):
+        if not failures:
+            failures.append(1)
+            raise error
+
+    return _with_backward(score, hook), failures
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:114] DefaultCPUAllocator: can't allocate memory"),
+])
+def test_out_of_memory_is_not_silently_turned_into_the_slow_path(error):
+    sde, target = sd.VPSDE(), sd.imbalanced_2d()
+    x, score = points_2d(3), target.score_fn(sde)
+    odd, failures = _failing_first_backward(score, error)
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory.*pass trace_chunk=1") as info:
+        log_likelihood(sde, odd, x, method="heun", steps=4)
+    assert failures == [1] and info.value.__cause__ is error
+
+
+def test_trace_chunk_chooses_the_backward_passes():
+    sde, target = sd.VPSDE(), mixture_10d()
+    x = target.sample(3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    score = target.score_fn(sde)
+    default = log_likelihood(sde, score, x, method="rk4", steps=4)
+    for chunk in (1, 3, 10, 64):
+        got = log_likelihood(sde, score, x, method="rk4", steps=4, trace_chunk=chunk)
+        torch.testing.assert_close(got, default, rtol=0, atol=1e-12)
+    # explicit one-pass-per-coordinate: a backward that cannot be vectorised is fine, and an
+    # error in it is not retried
+    odd = _with_backward(score, lambda grad: grad.sum().item())
+    torch.testing.assert_close(
+        log_likelihood(sde, odd, x, method="rk4", steps=4, trace_chunk=1), default)
+    broken, failures = _failing_first_backward(score, torch.OutOfMemoryError("out of memory"))
+    with pytest.raises(torch.OutOfMemoryError, match="trace_chunk"):
+        log_likelihood(sde, broken, x, method="rk4", steps=4, trace_chunk=1)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(trace_chunk=0), ValueError, "trace_chunk must be an int >= 1"),
+    (dict(trace_chunk=2.5), TypeError, "trace_chunk must be an int"),
+    (dict(trace_chunk=2, trace="hutchinson"), ValueError, "trace_chunk is only used by trace='exact'"),
+])
+def test_bad_trace_chunk(kwargs, error, match):
+    sde, target = sd.VPSDE(), sd.imbalanced_2d()
+    with pytest.raises(error, match=match):
+        flow_likelihood(sde, target.score_fn(sde), points_2d(2), method="euler", steps=1, **kwargs)

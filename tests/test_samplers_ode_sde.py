@@ -180,6 +180,37 @@ def test_ode_nonfinite_and_failed_solve(vp):
         sd.sample(vp, wild_score, (4, 1), sampler="ode", steps=2, dtype=torch.float64)
 
 
+def test_ode_cost_does_not_depend_on_steps_without_callback(vp, imbalanced, monkeypatch):
+    """Without a callback only the end point is asked of scipy (no dense output on the grid)."""
+    import scipy.integrate
+
+    real, asked = scipy.integrate.solve_ivp, []
+
+    def spy(*args, **kwargs):
+        asked.append(len(kwargs["t_eval"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.integrate, "solve_ivp", spy)
+    _, score, _ = imbalanced
+    x = vp.prior_sample((32, 2), generator=_gen(4), dtype=torch.float64)
+    runs = {}
+    for steps in (1, 500):
+        counted = _Counter(score)
+        with torch.no_grad():
+            y = ProbabilityFlowODE().run(vp, counted, x, time_grid(vp, steps, eps=EPS))
+        runs[steps] = y, counted.calls
+    assert asked == [1, 1]
+    assert torch.equal(runs[1][0], runs[500][0]) and runs[1][1] == runs[500][1]
+    # with a callback: the dense solution at every grid time, the same end point
+    seen = []
+    grid = time_grid(vp, 500, eps=EPS)
+    with torch.no_grad():
+        y = ProbabilityFlowODE().run(vp, score, x, grid, callback=lambda i, t, s: seen.append((i, t)))
+    assert asked[-1] == 501
+    assert [i for i, _ in seen] == list(range(500)) and [t for _, t in seen] == grid[1:].tolist()
+    torch.testing.assert_close(y, runs[1][0], rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------
 # torchsde backend
 # ---------------------------------------------------------------------------------------

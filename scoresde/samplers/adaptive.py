@@ -11,30 +11,50 @@ The error of a step is measured, as in Hairer, Nørsett & Wanner (1993, §II.4) 
 :math:`(\hat x - \tilde x)/(\mathrm{atol} + \mathrm{rtol}\max(|x_{\rm old}|, |x_{\rm new}|))`
 (``norm="rms"``), or as the largest per-sample RMS (``norm="max"``, stricter: every sample
 gets the tolerance). A step is accepted when this error is at most 1.
+
+A trial step that is not finite (a NaN or an infinity in a stage, e.g. a score evaluated far
+from where it was trained, or a :class:`~scoresde.samplers.NonFiniteError` raised by the
+driver's check of a trial evaluation) is **rejected** and retried with a smaller step; the
+solvers raise :class:`~scoresde.samplers.NonFiniteError`, naming the step and the time, only
+when the step cannot shrink further or ``max_steps`` is reached. The error norm, the step
+controller and the accept/reject loop are those of :mod:`scoresde.stepping`.
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
-
-from .._checks import bcast, check_int, check_positive
-from .._runtime import gaussian_like, time_vector
+from .._checks import all_finite, bcast, check_int, check_positive
+from .._runtime import NonFiniteError, gaussian_like, time_vector
+from ..stepping import (
+    BS3,
+    DOPRI5,
+    NORMS,
+    ButcherTableau,
+    PIController,
+    RKStep,
+    error_ratio,
+    initial_step,
+    integrate_adaptive,
+)
 from .base import Sampler
 
 __all__ = ["AdaptiveODE", "AdaptiveSDE"]
 
-NORMS = ("rms", "max")
 
+def _drift(field, x, t):
+    """``field.drift(x, t)``; a non-finite (trial) state raises :class:`NonFiniteError`.
 
-def _error(diff: torch.Tensor, x_old: torch.Tensor, x_new: torch.Tensor, rtol: float, atol: float,
-           norm: str) -> float:
-    scale = atol + rtol * torch.maximum(x_old.abs(), x_new.abs())
-    ratio2 = (diff / scale).square().reshape(diff.shape[0], -1)
-    if norm == "rms":
-        return float(ratio2.mean().sqrt())
-    return float(ratio2.mean(dim=1).amax().sqrt())
+    The public drift rejects a non-finite ``x`` with a ``ValueError`` (bad input); inside a
+    solver such a state is a failed trial, which the step controller rejects and retries. The
+    happy path costs nothing extra.
+    """
+    try:
+        return field.drift(x, t)
+    except ValueError:
+        if all_finite(x):
+            raise
+        raise NonFiniteError("non-finite trial state") from None
 
 
 def _check_common(rtol, atol, norm, max_steps):
@@ -44,40 +64,6 @@ def _check_common(rtol, atol, norm, max_steps):
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     max_steps = check_int("max_steps", max_steps)
     return rtol, atol, norm, max_steps
-
-
-# Butcher tableaus: (c, a, b (solution), b_err = b - b_hat, order of the solution, FSAL)
-_BS3 = (
-    (0.0, 0.5, 0.75, 1.0),
-    ((), (0.5,), (0.0, 0.75), (2 / 9, 1 / 3, 4 / 9)),
-    (2 / 9, 1 / 3, 4 / 9, 0.0),
-    (2 / 9 - 7 / 24, 1 / 3 - 1 / 4, 4 / 9 - 1 / 3, -1 / 8),
-    3,
-)
-_DP5 = (
-    (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
-    (
-        (),
-        (1 / 5,),
-        (3 / 40, 9 / 40),
-        (44 / 45, -56 / 15, 32 / 9),
-        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-        (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-    ),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
-    (
-        35 / 384 - 5179 / 57600,
-        0.0,
-        500 / 1113 - 7571 / 16695,
-        125 / 192 - 393 / 640,
-        -2187 / 6784 + 92097 / 339200,
-        11 / 84 - 187 / 2100,
-        -1 / 40,
-    ),
-    5,
-)
-_TABLEAUS = {"bs3": _BS3, "dopri5": _DP5}
 
 
 class AdaptiveODE(Sampler):
@@ -100,7 +86,8 @@ class AdaptiveODE(Sampler):
               \mathrm{err}_n^{-0.7/p}\,\mathrm{err}_{n-1}^{0.4/p}\big)\big),
 
     with :math:`f_{\max} = 10` (1 right after a rejection, where the plain
-    :math:`0.9\,\mathrm{err}^{-1/p}` is used). The first step is Hairer's initial-step heuristic
+    :math:`0.9\,\mathrm{err}^{-1/p}` is used; :class:`~scoresde.stepping.PIController`), and a
+    non-finite trial is retried with :math:`0.2 h`. The first step is Hairer's initial-step heuristic
     (Hairer, Nørsett & Wanner 1993, §II.4), which costs one extra evaluation. Both pairs are
     FSAL (first same as last), so an accepted step costs ``stages - 1`` score evaluations:
     ``"bs3"`` Bogacki–Shampine 3(2) (3 per step), ``"dopri5"`` Dormand–Prince 5(4) (6 per
@@ -113,8 +100,10 @@ class AdaptiveODE(Sampler):
     ----------
     rtol, atol : float
         Relative and absolute tolerances (> 0); defaults ``1e-3``, ``1e-3``.
-    method : {"bs3", "dopri5"}
-        The embedded pair (default ``"bs3"``, cheaper at the loose tolerances that low NFE needs).
+    method : {"bs3", "dopri5"} or ButcherTableau
+        The embedded pair (default ``"bs3"``, cheaper at the loose tolerances that low NFE needs),
+        or any embedded :class:`~scoresde.stepping.ButcherTableau` (the controller then uses its
+        ``order``).
     norm : {"rms", "max"}
         How the error is reduced over the batch (see the module docstring).
     max_steps : int
@@ -137,93 +126,70 @@ class AdaptiveODE(Sampler):
     >>> import torch, scoresde as sd
     >>> sde = sd.VPSDE()
     >>> target = sd.Gaussian(torch.zeros(2), torch.eye(2))
-    >>> out = sd.sample(sde, target.score_fn(sde), (64, 2), sampler="adaptive_ode", steps=1,
-    ...                 generator=torch.Generator().manual_seed(0))
-    >>> out.samples.shape
-    torch.Size([64, 2])
+    >>> def run(steps):
+    ...     return sd.sample(sde, target.score_fn(sde), (64, 2), sampler="adaptive_ode",
+    ...                      steps=steps, generator=torch.Generator().manual_seed(0))
+    >>> run(1).samples.shape, run(1).nfe == run(500).nfe   # the grid's steps do not matter
+    (torch.Size([64, 2]), True)
     """
 
     name = "adaptive_ode"
     adaptive = True
+    stochastic = False
+    METHODS = ("bs3", "dopri5")
+    _PAIRS = {"bs3": BS3, "dopri5": DOPRI5}
 
     @property
     def order(self) -> int:
         """Order of the kept solution of the Runge–Kutta pair."""
-        return _TABLEAUS[self.method][4]
-    stochastic = False
-    METHODS = tuple(_TABLEAUS)
+        return self._tableau.order
 
-    def __init__(self, rtol: float = 1e-3, atol: float = 1e-3, method: str = "bs3",
-                 norm: str = "rms", max_steps: int = 10000):
-        if method not in self.METHODS:
-            raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
+    def __init__(self, rtol: float = 1e-3, atol: float = 1e-3,
+                 method: str | ButcherTableau = "bs3", norm: str = "rms", max_steps: int = 10000):
+        if isinstance(method, ButcherTableau):
+            if not method.embedded:
+                raise ValueError(
+                    f"method must be an embedded pair (a ButcherTableau with b_hat), got the "
+                    f"tableau {method.name!r} without one"
+                )
+            self._tableau = method
+        elif isinstance(method, str) and method in self.METHODS:
+            self._tableau = self._PAIRS[method]
+        else:
+            raise ValueError(
+                f"method must be one of {self.METHODS} or an embedded ButcherTableau, got {method!r}"
+            )
         self.rtol, self.atol, self.norm, self.max_steps = _check_common(rtol, atol, norm, max_steps)
         self.method = method
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         flow = sde.probability_flow(score_fn)
-        c, a, b, b_err, p = _TABLEAUS[self.method]
+        tableau = self._tableau
         t0, t_end = float(times[0]), float(times[-1])
-        span = t_end - t0  # negative
-        direction = -1.0 if span < 0 else 1.0
 
         def v(y, t):
-            return flow.drift(y, time_vector(t, y))
+            return _drift(flow, y, time_vector(t, y))
 
-        def rms(y):
-            return float(y.square().mean().sqrt())
+        def propose(state: RKStep, t: float, t_next: float, h: float):
+            trial = tableau.step(v, state.x, t, h, k0=state.k_last)
+            err = error_ratio(trial.error, state.x, trial.x, rtol=self.rtol, atol=self.atol,
+                              norm=self.norm)
+            return err, trial
 
         k0 = v(x, t0)
-        # Hairer, Nørsett & Wanner (1993), §II.4: initial step
-        scale = self.atol + self.rtol * x.abs()
-        d0, d1 = rms(x / scale), rms(k0 / scale)
-        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-        h0 = min(h0, abs(span))
-        k_probe = v(x + direction * h0 * k0, t0 + direction * h0)
-        d2 = rms((k_probe - k0) / scale) / h0
-        h1 = (max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15
-              else (0.01 / max(d1, d2)) ** (1.0 / p))
-        h = min(100 * h0, h1, abs(span))
+        h = initial_step(v, x, t0, k0, t_end, tableau.order, self.rtol, self.atol, label=self.name)
+        final = integrate_adaptive(
+            propose, RKStep(x, k0, None), t0=t0, t_end=t_end, h=h,
+            controller=PIController(order=tableau.order), max_steps=self.max_steps,
+            label=self.name,
+            on_accept=None if callback is None else (lambda i, t, s: callback(i, t, s.x)),
+        )
+        return final.x
 
-        t, step, attempts, err_prev, rejected = t0, 0, 0, 1.0, False
-        while direction * (t_end - t) > 0:
-            attempts += 1
-            if attempts > self.max_steps:
-                raise RuntimeError(
-                    f"{self.name}: more than max_steps={self.max_steps} attempted steps before "
-                    f"reaching t={t_end:g} (stuck at t={t:.6g}, step {h:.3g}); loosen rtol/atol "
-                    "or raise max_steps"
-                )
-            last = h >= direction * (t_end - t) * (1 - 1e-12)
-            hs = (t_end - t) if last else direction * h
-            ks = [k0]
-            for j in range(1, len(c)):
-                if j == len(c) - 1 and b[j] == 0.0:
-                    y_new = x + hs * sum(bj * kj for bj, kj in zip(b, ks) if bj != 0.0)
-                    ks.append(v(y_new, t + hs))  # FSAL stage: the next step's k0
-                    break
-                y = x + hs * sum(aj * kj for aj, kj in zip(a[j], ks) if aj != 0.0)
-                ks.append(v(y, t + c[j] * hs))
-            else:
-                y_new = x + hs * sum(bj * kj for bj, kj in zip(b, ks) if bj != 0.0)
-            diff = hs * sum(ej * kj for ej, kj in zip(b_err, ks) if ej != 0.0)
-            err = _error(diff, x, y_new, self.rtol, self.atol, self.norm)
-            if not math.isfinite(err):
-                err = math.inf
-            if err <= 1.0:
-                x, t, k0 = y_new, (t_end if last else t + hs), ks[-1]
-                if callback is not None:
-                    callback(step, t, x)
-                step += 1
-                err = max(err, 1e-10)
-                fac = 0.9 * err ** (-0.7 / p) * err_prev ** (0.4 / p)
-                fac = min(1.0 if rejected else 10.0, max(0.2, fac))
-                err_prev, rejected = err, False
-            else:
-                fac = max(0.2, 0.9 * err ** (-1.0 / p)) if math.isfinite(err) else 0.2
-                rejected = True
-            h = abs(hs) * fac
-        return x
+
+# Jolicoeur-Martineau et al. (2021), Alg. 1: h <- 0.9 h E^{-0.9}, no factor limits
+_GGF = PIController(order=1, alpha=0.9, beta=0.0, reject_alpha=0.9, fac_min=0.0,
+                    fac_max=math.inf, fac_max_after_reject=math.inf)
 
 
 class AdaptiveSDE(Sampler):
@@ -249,7 +215,8 @@ class AdaptiveSDE(Sampler):
     .. math:: h \leftarrow \min\big(t - \epsilon,\ \theta\, h\, E^{-r}\big), \qquad
               \theta = 0.9,\ r = 0.9 .
 
-    A rejected step is retried with the smaller :math:`h` and a fresh :math:`z`. Two score
+    A rejected step is retried with the smaller :math:`h` and a fresh :math:`z` (with
+    :math:`0.2 h` after a non-finite trial). Two score
     evaluations per attempted step. Weak order 1 (strong order 1/2 for the EM stage); the
     accepted Heun step converges to the Itô solution for additive noise, which the reverse SDE
     of every linear SDE has.
@@ -301,41 +268,21 @@ class AdaptiveSDE(Sampler):
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         reverse = sde.reverse(score_fn)
-        t, t_end = float(times[0]), float(times[-1])
-        h = min(self.h_init, t - t_end)
-        x_prev = x
-        step = attempts = 0
-        while t - t_end > 1e-12 * max(1.0, abs(t_end)):
-            attempts += 1
-            if attempts > self.max_steps:
-                raise RuntimeError(
-                    f"{self.name}: more than max_steps={self.max_steps} attempted steps before "
-                    f"reaching t={t_end:g} (stuck at t={t:.6g}, step {h:.3g}); loosen rtol/atol "
-                    "or raise max_steps"
-                )
-            last = h >= (t - t_end) * (1 - 1e-12)
-            t_next = t_end if last else t - h
+        t0, t_end = float(times[0]), float(times[-1])
+
+        def propose(x, t: float, t_next: float, h: float):
             hh = t - t_next
             tv, tv_next = time_vector(t, x), time_vector(t_next, x)
             noise = math.sqrt(hh) * gaussian_like(x, generator)
             g, g_next = reverse.diffusion(tv), reverse.diffusion(tv_next)
             x1 = x - hh * reverse.drift(x, tv) + bcast(g.to(x), x) * noise
-            x_tilde = x - hh * reverse.drift(x1, tv_next) + bcast(g_next.to(x), x) * noise
+            x_tilde = x - hh * _drift(reverse, x1, tv_next) + bcast(g_next.to(x), x) * noise
             x2 = 0.5 * (x1 + x_tilde)
-            scale = torch.clamp(self.rtol * torch.maximum(x1.abs(), x_prev.abs()), min=self.atol)
-            ratio2 = ((x1 - x2) / scale).square().reshape(x.shape[0], -1)
-            if self.norm == "rms":
-                err = float(ratio2.mean().sqrt())
-            else:
-                err = float(ratio2.mean(dim=1).amax().sqrt())
-            if not math.isfinite(err):
-                err = math.inf
-            if err <= 1.0:
-                x_prev = x = x2
-                t = t_next
-                if callback is not None:
-                    callback(step, t, x)
-                step += 1
-            h_new = 0.9 * hh * max(err, 1e-10) ** (-0.9) if math.isfinite(err) else 0.2 * hh
-            h = min(t - t_end, h_new) if t > t_end else h_new
-        return x
+            err = error_ratio(x1 - x2, x, x1, rtol=self.rtol, atol=self.atol, norm=self.norm,
+                              mixed="max")
+            return err, x2
+
+        return integrate_adaptive(
+            propose, x, t0=t0, t_end=t_end, h=min(self.h_init, abs(t0 - t_end)),
+            controller=_GGF, max_steps=self.max_steps, label=self.name, on_accept=callback,
+        )

@@ -9,36 +9,16 @@ LSODA solver, as in the likelihood and sampling code of Song et al. (2021, §4.3
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .._checks import check_positive
-from .._runtime import NonFiniteError, time_vector
+from .._runtime import time_vector
+from ..stepping import SCIPY_METHODS, scipy_solve
 from .base import Sampler
 
 __all__ = ["ProbabilityFlowODE"]
 
-METHODS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
-_IMPLICIT = ("Radau", "BDF")
-
-
-def jacobian_structure(method: str, batch: int, d: int) -> dict:
-    """``solve_ivp`` keywords describing a flattened batch of ``batch`` independent d-dim systems.
-
-    Implicit methods (Radau, BDF) get a block-diagonal ``jac_sparsity`` so that a numerical
-    Jacobian costs about ``d`` right-hand-side calls instead of ``batch·d``; LSODA gets the
-    equivalent band width; explicit methods need nothing.
-    """
-    if method in _IMPLICIT:
-        from scipy import sparse
-
-        # == sparse.block_diag([ones((d, d))] * batch), built ~50x faster for large batches
-        ones = np.ones((d, d), dtype=np.int8)
-        pattern = sparse.kron(sparse.identity(batch, format="csr"), ones, format="csc")
-        return {"jac_sparsity": pattern}
-    if method == "LSODA":
-        return {"lband": d - 1, "uband": d - 1}
-    return {}
+METHODS = SCIPY_METHODS
 
 
 class ProbabilityFlowODE(Sampler):
@@ -71,11 +51,13 @@ class ProbabilityFlowODE(Sampler):
     Notes
     -----
     - ``steps`` (and the grid) given to :func:`scoresde.sample` do **not** set the step size:
-      the solver chooses its own steps. They only set the output times at which the dense
-      solution is evaluated (``t_eval``) and handed to ``callback`` and to the trajectory;
-      ``steps=1`` keeps nothing but the end point (the dense outputs are held in memory,
-      ``(steps + 1) · batch · d`` float64 numbers, until the solve finishes, and the callback
-      sees them after it has finished).
+      the solver chooses its own steps, and only the first and last grid times are used. When
+      the states along the grid are wanted (a ``callback``, i.e. ``trajectory=True``, a user
+      callback or a progress bar), the dense solution is evaluated at the grid times
+      (``t_eval``) and handed to ``callback`` after the solve (held in memory until then,
+      ``(steps + 1) · batch · d`` float64 numbers). Without a callback
+      (``run(..., callback=None)``) only the end point is computed, so the cost does not
+      depend on ``steps`` at all.
     - The NFE reported by :func:`scoresde.sample` counts every score call: it equals scipy's
       ``nfev`` for the explicit methods, plus the finite-difference Jacobian evaluations for
       ``Radau`` and ``BDF`` (``d`` per Jacobian, up to ``2d`` when scipy refines a column);
@@ -116,51 +98,23 @@ class ProbabilityFlowODE(Sampler):
         self.atol = check_positive("atol", atol)
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
-        from scipy.integrate import solve_ivp
-
         flow = sde.probability_flow(score_fn)
-        shape, dtype, device = x.shape, x.dtype, x.device
-        batch, d = shape[0], x[0].numel()
-        ts = times.detach().to("cpu", torch.float64).numpy()
+        ts = times.detach().to("cpu", torch.float64).tolist()
         # the (batch,) time tensor is reused while the solver stays at one time (finite-difference
         # Jacobian columns) and never written in place, so score_fn may keep a reference to it
         last: dict = {"t": None, "tv": None}
 
-        def rhs(t: float, y: np.ndarray) -> np.ndarray:
-            xt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
+        def v(xt: torch.Tensor, t: float) -> torch.Tensor:
             if t != last["t"]:
                 last["t"], last["tv"] = t, time_vector(t, xt)
-            v = flow.drift(xt, last["tv"]).detach().to("cpu", torch.float64).numpy().ravel()
-            if not np.isfinite(v).all():
-                raise NonFiniteError(
-                    f"{self.name}: non-finite drift at t={t:.6g} (method {self.method}); check "
-                    "score_fn or try a less stiff SDE / larger end time"
-                )
-            return v
+            return flow.drift(xt, last["tv"])
 
-        y0 = x.detach().to("cpu", torch.float64).numpy().ravel().copy()
-        sol = solve_ivp(
-            rhs,
-            (float(ts[0]), float(ts[-1])),
-            y0,
-            method=self.method,
-            t_eval=ts,
-            rtol=self.rtol,
-            atol=self.atol,
-            **jacobian_structure(self.method, batch, d),
+        sol = scipy_solve(
+            v, x, (ts[0], ts[-1]), method=self.method, rtol=self.rtol, atol=self.atol,
+            t_eval=None if callback is None else ts, label=self.name, what="drift",
+            hint="check score_fn or try a less stiff SDE / larger end time",
         )
-        if not sol.success:
-            raise RuntimeError(
-                f"{self.name}: solve_ivp ({self.method}, rtol={self.rtol:g}, atol={self.atol:g}) "
-                f"failed: {sol.message}"
-            )
-
-        def state(i: int) -> torch.Tensor:
-            column = np.ascontiguousarray(sol.y[:, i])  # own memory, not a view into sol.y
-            return torch.from_numpy(column).reshape(shape).to(device=device, dtype=dtype)
-
-        n = len(ts) - 1
-        if callback is not None:
-            for i in range(n):
-                callback(i, float(ts[i + 1]), state(i + 1))
-        return state(n)
+        if callback is not None:  # dense output at the grid times, only when someone looks
+            for i in range(1, len(sol)):
+                callback(i - 1, ts[i], sol[i])
+        return sol.final
