@@ -31,8 +31,16 @@ import time
 import torch
 
 import scoresde as sd
-from scoresde.cli import TRAIN_DEFAULTS, train_config
-from scoresde.training import TrainConfig, Trainer, from_model_space, load_model, model_spec, train_model
+from scoresde.training import (
+    TRAIN_DEFAULTS,
+    TrainConfig,
+    Trainer,
+    from_model_space,
+    load_model,
+    model_spec,
+    train_config,
+    train_model,
+)
 
 
 def bench_speed(threads: int) -> list[dict]:

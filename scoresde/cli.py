@@ -24,6 +24,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# the one set of training defaults lives with the recipe (re-exported here for old imports)
+from .training.recipes import TRAIN_DEFAULTS, train_config
+
 __all__ = [
     "main",
     "build_parser",
@@ -31,6 +34,8 @@ __all__ = [
     "TRAIN_DEFAULTS",
     "train_config",
     "add_train_parser",
+    "add_train_arguments",
+    "run_train",
     "cmd_train",
     "add_sample_parser",
     "cmd_sample",
@@ -100,23 +105,6 @@ def _check_names(kind: str, given: list[str] | None, valid: Sequence[str]) -> No
 # --------------------------------------------------------------------------------------
 # scoresde train / sample / demo
 # --------------------------------------------------------------------------------------
-#: Defaults of ``scoresde train``: a good model of a 2-D data set in well under 2 minutes on
-#: 2 CPU cores (see benchmarks/bench_training.py for the measured quality).
-TRAIN_DEFAULTS = {"steps": 12_000, "batch_size": 512, "lr": 2e-3, "warmup": 100, "ema_decay": 0.999}
-
-
-def train_config(steps: int = TRAIN_DEFAULTS["steps"], *, seed: int = 0, checkpoint_every: int = 0,
-                 batch_size: int | None = None, lr: float | None = None):
-    """The :class:`~scoresde.training.TrainConfig` of ``scoresde train``: :data:`TRAIN_DEFAULTS`
-    with a cosine decay of the learning rate over the steps after the warm-up."""
-    from .training import TrainConfig
-
-    d = TRAIN_DEFAULTS
-    return TrainConfig(steps=steps, batch_size=batch_size or d["batch_size"], lr=lr or d["lr"],
-                       warmup=d["warmup"], decay_steps=max(steps - d["warmup"], 1),
-                       ema_decay=d["ema_decay"], seed=seed, checkpoint_every=checkpoint_every)
-
-
 def _set_threads(threads: int) -> None:
     if threads:
         import torch
@@ -124,66 +112,98 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _check_data(data: str) -> None:
+def _data_source(spec: str):
+    """The data of ``--data`` (:func:`scoresde.data.data_source`); an unknown name is a usage error."""
     import os
 
-    from .data import dataset_names
+    from .data import data_source, dataset_names
 
-    if data in dataset_names() or os.path.exists(data):
-        return
-    raise UsageError(
-        f"unknown dataset {data!r} (and no such file); valid names: {', '.join(dataset_names())}"
-    )
+    try:
+        return data_source(spec)
+    except (ValueError, FileNotFoundError):
+        if os.path.exists(spec):
+            raise  # a file that cannot be used: a failure while running (status 1)
+        raise UsageError(
+            f"unknown dataset {spec!r} (and no such file); valid names: {', '.join(dataset_names())}"
+        ) from None
 
 
-def add_train_parser(subparsers) -> None:
-    """Register ``scoresde train``."""
+_TRAIN_DESCRIPTION = (
+    "Train the default score model of a data set (ScoreMLP for vectors, UNet for digits) with "
+    "denoising score matching; writes RUN_DIR/checkpoint.pt (latest) and RUN_DIR/loss.csv. "
+    "Under torchrun the processes train one model with DistributedDataParallel."
+)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``scoresde train`` (also those of ``python -m scoresde.training``)."""
     from .sde import SDE_NAMES
 
     d = TRAIN_DEFAULTS
-    p = subparsers.add_parser(
-        "train",
-        help="train a score model on a data set by denoising score matching",
-        description=(
-            "Train the default score model of a data set (ScoreMLP for vectors, UNet for digits) "
-            "with denoising score matching; writes OUT/checkpoint.pt (latest) and OUT/loss.csv."
-        ),
-    )
     p.add_argument("--data", required=True, metavar="NAME|PATH",
                    help="a data set name or a .npy/.pt/.csv file of shape (n, d)")
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output directory")
-    p.add_argument("--sde", choices=SDE_NAMES, default="vp", help="forward SDE (default vp)")
+    p.add_argument("--sde", choices=SDE_NAMES, default=d["sde"], help=f"forward SDE (default {d['sde']})")
     p.add_argument("--steps", type=_int_at_least(1), default=d["steps"],
                    help=f"optimiser steps (default {d['steps']})")
     p.add_argument("--batch-size", type=_int_at_least(1), default=d["batch_size"],
-                   help=f"batch size (default {d['batch_size']})")
-    p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']:g})")
+                   help=f"batch size per process (default {d['batch_size']})")
+    p.add_argument("--lr", type=float, default=d["lr"], help=f"peak learning rate (default {d['lr']:g})")
+    p.add_argument("--warmup", type=_int_at_least(0), default=d["warmup"],
+                   help=f"linear learning-rate warm-up in steps, then a cosine decay (default {d['warmup']})")
+    p.add_argument("--ema-decay", type=float, default=d["ema_decay"],
+                   help=f"decay of the weight average in [0, 1) (default {d['ema_decay']})")
+    p.add_argument("--hidden", type=_int_at_least(1), default=d["hidden"],
+                   help=f"width of the ScoreMLP for vector data (default {d['hidden']})")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
-    p.add_argument("--checkpoint-every", type=_int_at_least(0), default=1000,
-                   help="checkpoint period in steps (default 1000; 0: only at the end)")
+    p.add_argument("--checkpoint-every", type=_int_at_least(0), default=d["checkpoint_every"],
+                   help=f"checkpoint period in steps (default {d['checkpoint_every']}; 0: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt if present")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, mps or auto (CUDA when available) (default cpu)")
     p.add_argument("--threads", type=_int_at_least(0), default=1,
                    help="torch CPU threads (default 1: fastest for small models; 0 keeps torch's)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train with :func:`scoresde.training.train_model` and report where the checkpoint went."""
-    from .training import train_model
+def add_train_parser(subparsers) -> None:
+    """Register ``scoresde train``."""
+    p = subparsers.add_parser("train", help="train a score model on a data set by denoising score matching",
+                              description=_TRAIN_DESCRIPTION)
+    add_train_arguments(p)
 
-    _check_data(args.data)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train with :func:`scoresde.training.train_model` and report where the checkpoint went.
+
+    Under ``torchrun`` the process group is created here, around the training, and destroyed
+    at the end (:func:`scoresde.training.launch.process_group`).
+    """
+    from .training import train_model
+    from .training.launch import process_group, resolve_device
+
     if not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
+    try:
+        cfg = train_config(args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                           batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                           ema_decay=args.ema_decay)
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    source = _data_source(args.data)
     _set_threads(args.threads)
-    cfg = train_config(args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                       batch_size=args.batch_size, lr=args.lr)
     start = time.perf_counter()
-    trainer = train_model(args.data, args.out, sde=args.sde, config=cfg, resume=args.resume,
-                          progress=args.progress)
-    tail = trainer.losses[-100:]
-    print(f"trained {trainer.step} steps in {time.perf_counter() - start:.1f} s; final loss "
-          f"{sum(tail) / max(len(tail), 1):.4g}; checkpoint {trainer.checkpoint_path}")
+    with process_group(device):
+        trainer = train_model(source, args.out, sde=args.sde, config=cfg, hidden=args.hidden,
+                              resume=args.resume, progress=args.progress, device=device,
+                              data_name=args.data)
+    if trainer.is_main:
+        ran = trainer.step - (trainer.resumed_step or 0)
+        tail = trainer.losses[-100:]
+        print(f"trained {ran} steps (now at step {trainer.step}) in {time.perf_counter() - start:.1f} s; "
+              f"final loss {sum(tail) / max(len(tail), 1):.4g}; checkpoint {trainer.checkpoint_path}")
     return 0
 
 
@@ -450,6 +470,26 @@ def _exit_status(code) -> int:
     return 1  # pragma: no cover
 
 
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` with ``parser`` and run the chosen command; returns the exit status."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return _exit_status(exc.code)
+    prog = f"scoresde {args.command}" if getattr(args, "command", None) else parser.prog
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scoresde`` console script; returns the exit status.
 
@@ -458,20 +498,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv : list of str, optional
         Arguments without the program name (default ``sys.argv[1:]``).
     """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version and usage errors
-        return _exit_status(exc.code)
-    prog = f"scoresde {args.command}"
-    try:
-        return int(args.func(args))
-    except UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, RuntimeError, OSError) as exc:
-        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    return _run(build_parser(), argv)
+
+
+def run_train(argv: Sequence[str] | None = None, *, prog: str = "scoresde train") -> int:
+    """``scoresde train`` on its own (the entry point of ``python -m scoresde.training``).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The options of ``scoresde train`` (default ``sys.argv[1:]``).
+    prog : str
+        The program name in help and error messages.
+    """
+    parser = _Parser(prog=prog, description=_TRAIN_DESCRIPTION)
+    add_train_arguments(parser)
+    return _run(parser, argv)

@@ -191,3 +191,25 @@ def test_model_spec_validation():
         sd.training.build_model({"kind": "mlp"})
     with pytest.raises(ValueError, match="unknown model kind"):
         sd.training.build_model({**model_spec(torch.randn(5, 2)), "kind": "transformer"})
+
+
+def test_train_options_are_checked_before_training(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--data", "ring8", "--out", str(run), "--ema-decay", "1.5", *TINY]) == 2
+    _one_line_error(capsys, "ema_decay must lie in [0, 1)")
+    if not torch.cuda.is_available():
+        assert main(["train", "--data", "ring8", "--out", str(run), "--device", "cuda", *TINY]) == 2
+        _one_line_error(capsys, "device 'cuda' is not available")
+    assert main(["train", "--data", "nothere.csv", "--out", str(run), *TINY]) == 2
+    _one_line_error(capsys, "unknown dataset 'nothere.csv' (and no such file)")
+    assert not run.exists()
+
+
+def test_training_module_is_the_train_command(tmp_path, capsys):
+    from scoresde.training import main as train_main
+
+    assert train_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m scoresde.training") and "--checkpoint-every" in out
+    assert train_main(["--data", "nosuchset", "--out", str(tmp_path)]) == 2
+    _one_line_error(capsys, "python -m scoresde.training: error: unknown dataset 'nosuchset'")

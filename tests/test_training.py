@@ -518,3 +518,131 @@ def test_cli_module_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
     shutil.rmtree(tmp_path)
+
+
+# -- the package layout, the process group and the entry point --------------------------------
+def test_package_layout_keeps_every_name():
+    from scoresde.training import checkpoint, config, ema, launch, recipes, trainer
+
+    for name in T.__all__:
+        assert getattr(T, name) is not None
+    assert T.Trainer is trainer.Trainer is sd.Trainer and T.TrainConfig is config.TrainConfig
+    assert T.EMA is ema.EMA and T.CheckpointError is checkpoint.CheckpointError is sd.CheckpointError
+    assert T.load_checkpoint is sd.load_checkpoint and T.main is launch.main
+    assert T.train_model is recipes.train_model and T.FORMAT_VERSION == checkpoint.FORMAT_VERSION == 1
+
+
+def test_one_recipe_for_both_entry_points():
+    from scoresde import cli
+
+    # the CLI's names are the recipe's, and both parsers read the same defaults
+    assert cli.TRAIN_DEFAULTS is T.TRAIN_DEFAULTS and cli.train_config is T.train_config
+    cfg = T.train_config(1000)
+    assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.decay_steps, cfg.checkpoint_every) == (
+        1000, 512, 2e-3, 100, 900, 1000)
+    assert T.train_config(50, warmup=0, ema_decay=0.5, batch_size=8, lr=0.1).decay_steps == 50
+    parsed = cli.build_parser().parse_args(["train", "--data", "moons", "--out", "x"])
+    import argparse
+
+    alone = argparse.ArgumentParser()
+    cli.add_train_arguments(alone)
+    assert vars(alone.parse_args(["--data", "moons", "--out", "x"])) == {
+        k: v for k, v in vars(parsed).items() if k != "command"}
+    d = T.TRAIN_DEFAULTS
+    assert (parsed.steps, parsed.batch_size, parsed.lr, parsed.warmup, parsed.ema_decay, parsed.hidden,
+            parsed.sde, parsed.checkpoint_every) == (d["steps"], d["batch_size"], d["lr"], d["warmup"],
+                                                     d["ema_decay"], d["hidden"], d["sde"],
+                                                     d["checkpoint_every"])
+
+
+def test_train_model_saves_once_at_the_end(tmp_path, monkeypatch):
+    from scoresde.training import trainer as trainer_module
+
+    written = []
+    real = trainer_module.save_checkpoint
+
+    def counting(obj, path):
+        written.append(obj["step"])
+        real(obj, path)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", counting)
+    cfg = TrainConfig(steps=5, batch_size=16, checkpoint_every=0)
+    tr = T.train_model("moons", tmp_path / "a", config=cfg, hidden=8, progress=False)
+    assert written == [5] and tr.step == 5 and tr.resumed_step is None
+    written.clear()
+    cfg = TrainConfig(steps=6, batch_size=16, checkpoint_every=3)
+    T.train_model("moons", tmp_path / "b", config=cfg, hidden=8, progress=False)
+    assert written == [3, 6]          # the periodic checkpoint at the last step is the final one
+    written.clear()
+    tr = T.train_model("moons", tmp_path / "b", config=cfg, hidden=8, progress=False, resume=True)
+    assert written == [] and tr.step == 6 and tr.resumed_step == 6   # complete: nothing rewritten
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ckpt["metadata"]["data"] == "moons" and ckpt["metadata"]["model"]["hidden"] == 8
+
+
+def test_train_model_accepts_every_data_kind(tmp_path):
+    cfg = TrainConfig(steps=2, batch_size=8)
+    pts = torch.randn(40, 3, generator=gen(0)) * 5 + 2
+    tr = T.train_model(pts, tmp_path / "t", config=cfg, hidden=8, progress=False)
+    spec = load_checkpoint(tr.checkpoint_path)["metadata"]["model"]
+    assert spec["event_shape"] == [3] and spec["shift"] == pytest.approx(pts.double().mean(0).tolist())
+    tr = T.train_model(sd.ring8().sample, tmp_path / "f", config=cfg, hidden=8, progress=False,
+                       data_name="ring8 sampler")
+    assert load_checkpoint(tr.checkpoint_path)["metadata"]["data"] == "ring8 sampler"
+
+
+def test_trainer_reads_the_process_group_but_never_creates_it(monkeypatch, tmp_path):
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="WORLD_SIZE is 2 but no torch.distributed process group"):
+        tiny_trainer(None)
+    assert not dist.is_initialized()
+    # an initialised group (here of one process) is what the trainer reads, whatever the env says
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        from scoresde.training.launch import process_group
+
+        with process_group(torch.device("cpu")):   # a group exists: left to its creator
+            tr = tiny_trainer(tmp_path / "run", steps=2)
+            tr.train()
+            tr.close()
+        assert dist.is_initialized() and (tr.rank, tr.world_size) == (0, 1)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_process_group_is_created_and_destroyed_by_the_entry_point(monkeypatch):
+    import torch.distributed as dist
+
+    from scoresde.training.launch import process_group
+
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append(("destroy",)))
+    with process_group(torch.device("cpu")):       # a single process: nothing to create
+        pass
+    assert calls == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(KeyError), process_group(torch.device("cpu")):
+        assert calls == [("init", "gloo")]
+        raise KeyError("a failure while training")
+    assert calls == [("init", "gloo"), ("destroy",)]   # destroyed even after an error
+
+
+def test_resolve_device():
+    from scoresde.training.launch import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") == resolve_device(torch.device("cpu"))
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ["gpu0", 3.5, "xla"]:
+        with pytest.raises(ValueError, match="device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda' is not available: .*use device 'cpu'"):
+            resolve_device("cuda")
+        with pytest.raises(ValueError, match="device 'cuda'"):
+            T.train_model("moons", "unused", device="cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="device 'mps' is not available"):
+            resolve_device("mps")
