@@ -128,24 +128,53 @@ def _data_source(spec: str):
         ) from None
 
 
+def _check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder that holds a run unless ``--resume`` or ``--overwrite`` says how."""
+    from .training import CheckpointError, load_checkpoint
+    from .training.trainer import run_files
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out must be a directory, {str(out)!r} is a file")
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other (continue the run, or replace it)")
+    held = run_files(out)
+    if not held or overwrite or (resume and "checkpoint.pt" in held):
+        return
+    if resume:
+        raise UsageError(f"nothing to resume: {out} holds a loss.csv but no checkpoint.pt (the run stopped "
+                         "before its first checkpoint); pass --overwrite to start afresh")
+    what = list(held)
+    if "checkpoint.pt" in held:
+        try:
+            what[0] = f"checkpoint.pt at step {load_checkpoint(out / 'checkpoint.pt')['step']}"
+        except CheckpointError:
+            pass
+    raise UsageError(f"{out} already holds a run ({', '.join(what)}); pass --resume to continue it, or "
+                     f"--overwrite to start afresh (deletes its {' and '.join(held)})")
+
+
 _TRAIN_DESCRIPTION = (
     "Train the default score model of a data set (ScoreMLP for vectors, UNet for digits) with "
     "denoising score matching; writes RUN_DIR/checkpoint.pt (latest) and RUN_DIR/loss.csv. "
-    "Under torchrun the processes train one model with DistributedDataParallel."
+    "A RUN_DIR that holds a run is continued with --resume or replaced with --overwrite, never "
+    "silently. Under torchrun the processes train one model with DistributedDataParallel."
 )
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``scoresde train`` (also those of ``python -m scoresde.training``)."""
+    from .data import dataset_names
     from .sde import SDE_NAMES
 
     d = TRAIN_DEFAULTS
     p.add_argument("--data", required=True, metavar="NAME|PATH",
-                   help="a data set name or a .npy/.pt/.csv file of shape (n, d)")
-    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output directory")
+                   help=f"a data set name ({', '.join(dataset_names())}) or a .npy/.pt/.csv file of "
+                        "shape (n, d)")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR",
+                   help="run folder for checkpoint.pt and loss.csv")
     p.add_argument("--sde", choices=SDE_NAMES, default=d["sde"], help=f"forward SDE (default {d['sde']})")
     p.add_argument("--steps", type=_int_at_least(1), default=d["steps"],
-                   help=f"optimiser steps (default {d['steps']})")
+                   help=f"optimiser steps of the whole run (default {d['steps']})")
     p.add_argument("--batch-size", type=_int_at_least(1), default=d["batch_size"],
                    help=f"batch size per process (default {d['batch_size']})")
     p.add_argument("--lr", type=float, default=d["lr"], help=f"peak learning rate (default {d['lr']:g})")
@@ -158,12 +187,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
     p.add_argument("--checkpoint-every", type=_int_at_least(0), default=d["checkpoint_every"],
                    help=f"checkpoint period in steps (default {d['checkpoint_every']}; 0: only at the end)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt if present")
+    p.add_argument("--resume", action="store_true",
+                   help="continue RUN_DIR/checkpoint.pt (bit-identically) with the run's own settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a RUN_DIR that holds a run, deleting its checkpoint.pt and loss.csv")
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda, cuda:N, mps or auto (CUDA when available) (default cpu)")
     p.add_argument("--threads", type=_int_at_least(0), default=1,
                    help="torch CPU threads (default 1: fastest for small models; 0 keeps torch's)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bar on stderr (default on)")
     p.set_defaults(func=cmd_train)
 
 
@@ -192,26 +225,55 @@ def cmd_train(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    _check_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
     source = _data_source(args.data)
     _set_threads(args.threads)
     start = time.perf_counter()
     with process_group(device):
         trainer = train_model(source, args.out, sde=args.sde, config=cfg, hidden=args.hidden,
                               resume=args.resume, progress=args.progress, device=device,
-                              data_name=args.data)
-    if trainer.is_main:
-        ran = trainer.step - (trainer.resumed_step or 0)
-        tail = trainer.losses[-100:]
-        print(f"trained {ran} steps (now at step {trainer.step}) in {time.perf_counter() - start:.1f} s; "
-              f"final loss {sum(tail) / max(len(tail), 1):.4g}; checkpoint {trainer.checkpoint_path}")
+                              data_name=args.data, overwrite=args.overwrite)
+    if not trainer.is_main:
+        return 0
+    if trainer.resumed_step is not None and trainer.step == trainer.resumed_step:
+        print(f"nothing to do: {args.out} is complete at step {trainer.step}")
+        return 0
+    ran = trainer.step - (trainer.resumed_step or 0)
+    tail = trainer.losses[-100:]
+    print(f"trained {ran} steps (now at step {trainer.step}) in {time.perf_counter() - start:.1f} s; "
+          f"final loss {sum(tail) / max(len(tail), 1):.4g}; checkpoint {trainer.checkpoint_path}")
     return 0
 
 
 _SAMPLE_SUFFIXES = (".npy", ".pt", ".png")
 
 
+def _scatter_figure(x, reference, title: str):
+    """A report-ready scatter of samples (first two coordinates) over the training data, with axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pts = x.detach().cpu().double().numpy()
+    fig = Figure(figsize=(6.0, 5.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if reference is not None:
+        ref = reference.detach().cpu().double().numpy()
+        ax.scatter(ref[:, 0], ref[:, 1], s=4, c="0.75", linewidths=0,
+                   label=f"training data ({len(ref)} points)")
+    ax.scatter(pts[:, 0], pts[:, 1], s=4, c="C0", linewidths=0, alpha=0.8, label=f"samples ({len(pts)})")
+    suffix = f" (first 2 of {pts.shape[1]} coordinates)" if pts.shape[1] > 2 else ""
+    ax.set_xlabel("$x_1$" + suffix)
+    ax.set_ylabel("$x_2$")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    ax.legend(loc="best", fontsize=8, markerscale=3, frameon=False)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
 def _write_samples(x, out: Path, reference=None, title: str = "") -> None:
-    """Save samples as .npy, .pt or a .png (scatter of 2-D points, or an image grid)."""
+    """Save samples as .npy, .pt or a .png (a scatter over the training data, or an image grid)."""
     import numpy as np
     import torch
 
@@ -221,31 +283,58 @@ def _write_samples(x, out: Path, reference=None, title: str = "") -> None:
         np.save(out, x.detach().cpu().numpy())
     elif suffix == ".pt":
         torch.save(x.detach().cpu(), out)
-    else:
-        from .plotting import plot_image_grid, plot_samples
+    elif x.ndim == 4:
+        from .plotting import plot_image_grid
 
-        if x.ndim == 4:
-            fig = plot_image_grid(x[:64])
-        else:
-            fig = plot_samples({title or "samples": x}, reference=reference)
-        fig.savefig(out, dpi=110)
+        plot_image_grid(x[:64], title=title or None).savefig(out, dpi=150)
+    else:
+        _scatter_figure(x, reference, title or "samples").savefig(out, dpi=150)
+
+
+def _training_data(checkpoint: Path, n: int, seed: int):
+    """Up to ``n`` points of the data the checkpoint's run was trained on (None when not recorded/found)."""
+    import torch
+
+    from .data import data_source
+    from .training import load_checkpoint
+
+    name = (load_checkpoint(checkpoint).get("metadata") or {}).get("data")
+    if not isinstance(name, str):
+        return None
+    try:
+        source = data_source(name)
+    except (ValueError, OSError):
+        print(f"training data {name!r} not found: the figure shows the samples alone", file=sys.stderr)
+        return None
+    if isinstance(source, torch.Tensor):
+        return source[:n] if source.ndim == 2 else None
+    return source(n, generator=torch.Generator().manual_seed(seed + 1))
 
 
 def add_sample_parser(subparsers) -> None:
     """Register ``scoresde sample``."""
+    from .samplers import names as sampler_names
+
     p = subparsers.add_parser(
         "sample",
         help="draw samples from a trained checkpoint",
-        description="Draw samples from the EMA model of a checkpoint written by scoresde train.",
+        description=("Draw samples from the EMA model of a checkpoint written by scoresde train, in the "
+                     "data's own coordinates; a .png shows them over the training data."),
     )
-    p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH")
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH",
+                   help="a RUN_DIR/checkpoint.pt written by scoresde train")
     p.add_argument("--n", type=_int_at_least(1), default=1000, help="number of samples (default 1000)")
-    p.add_argument("--sampler", default="heun", metavar="NAME", help="sampler name (default heun)")
-    p.add_argument("--steps", type=_int_at_least(1), default=100, help="steps (default 100)")
+    p.add_argument("--sampler", default="heun", metavar="NAME",
+                   help=f"sampler (default heun): {', '.join(sampler_names())}")
+    p.add_argument("--steps", type=_int_at_least(1), default=100,
+                   help="sampler steps (time intervals; default 100)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
     p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--data-overlay", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw the training data recorded in the checkpoint behind the samples of a .png "
+                        "(default on)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE",
-                   help="output file: .npy, .pt, or .png (scatter or image grid)")
+                   help="output file: .npy, .pt, or .png (scatter with axes, or an image grid)")
     p.set_defaults(func=cmd_sample)
 
 
@@ -266,27 +355,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = sample(model.sde, model, shape, args.sampler, steps=args.steps,
                  generator=torch.Generator().manual_seed(args.seed))
+    seconds = time.perf_counter() - start
     x = from_model_space(out.samples, spec)
-    _write_samples(x, args.out, title=f"{args.sampler} ({out.nfe} NFE)")
-    print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE, "
-          f"{time.perf_counter() - start:.2f} s) written to {args.out}")
+    reference = None
+    if args.out.suffix.lower() == ".png" and args.data_overlay and x.ndim == 2:
+        reference = _training_data(args.checkpoint, args.n, args.seed)
+    _write_samples(x, args.out, reference=reference,
+                   title=f"{args.checkpoint.parent.name or args.checkpoint}: {args.sampler}, "
+                         f"{args.steps} steps ({out.nfe} NFE)")
+    print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE, {seconds:.2f} s) written to {args.out}")
     return 0
 
 
 def add_demo_parser(subparsers) -> None:
     """Register ``scoresde demo``."""
+    from .data import dataset_names
+
+    generated = [n for n in dataset_names() if n != "digits"]
     p = subparsers.add_parser(
         "demo",
-        help="train on a toy 2-D set, sample with every sampler, write a figure and a table",
+        help="train on a generated data set, sample with every sampler, write a figure and a table",
         description=(
-            "Train the default model on a toy 2-D data set, sample it with every sampler, and "
-            "write OUT/demo.png (samples per sampler beside the data), OUT/demo.md and "
-            "OUT/demo.json (sampler, NFE, wall time, SW2, MMD)."
+            "Train the default model on a generated data set (a toy 2-D set or a reference "
+            "target of any dimension), sample it with every sampler, and write OUT/demo.png "
+            "(samples per sampler over the data, first two coordinates), OUT/demo.md and "
+            "OUT/demo.json (sampler, NFE, wall time, SW2, MMD); the run itself goes to OUT/run."
         ),
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), metavar="DIR",
                    help="output directory (default demo_out)")
-    p.add_argument("--data", default="ring8", metavar="NAME", help="2-D data set (default ring8)")
+    p.add_argument("--data", default="ring8", metavar="NAME",
+                   help=f"a generated data set (default ring8): {', '.join(generated)}")
     p.add_argument("--steps", type=_int_at_least(1), default=TRAIN_DEFAULTS["steps"],
                    help=f"training steps (default {TRAIN_DEFAULTS['steps']})")
     p.add_argument("--n", type=_int_at_least(2), default=2000, help="samples per sampler (default 2000)")
@@ -294,7 +393,10 @@ def add_demo_parser(subparsers) -> None:
                    help="steps of every fixed-step sampler (default 100)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
     p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run of an earlier demo in OUT/run (otherwise refused)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bar on stderr (default on)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -315,10 +417,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         draw = dataset_sampler(args.data)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    _check_run_folder(args.out / "run", resume=False, overwrite=args.overwrite)
     _set_threads(args.threads)
     cfg = train_config(args.steps, seed=args.seed)
     start = time.perf_counter()
-    trainer = train_model(args.data, args.out / "run", config=cfg, progress=args.progress)
+    trainer = train_model(args.data, args.out / "run", config=cfg, progress=args.progress,
+                          overwrite=args.overwrite)
     train_s = time.perf_counter() - start
     print(f"trained {trainer.step} steps on {args.data} in {train_s:.1f} s")
     model, spec = load_model(trainer.checkpoint_path)
@@ -342,7 +446,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rows.append({"sampler": name, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
                      "sw2": float(metrics.sliced_wasserstein(x, data, generator=gen)),
                      "mmd": float(metrics.mmd(x, data))})
-        print(f"  {name:<18} {out.nfe:>5} NFE  sw2 {rows[-1]['sw2']:.4f}")
     args.out.mkdir(parents=True, exist_ok=True)
     fig = plot_samples(samples, reference=data, ncols=4, title=f"{args.data}: samples per sampler")
     fig.savefig(args.out / "demo.png", dpi=90)

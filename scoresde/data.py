@@ -333,9 +333,18 @@ def _is_numeric_row(line: str) -> bool:
     return True
 
 
+_FORMATS = ".npy (a NumPy array), .pt (a tensor saved with torch.save) or .csv (comma-separated numbers)"
+
+
 def _read_csv(path: str) -> np.ndarray:
-    with open(path, encoding="utf-8") as f:
-        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not a text CSV file (byte {err.start} is not UTF-8 text: a binary file?); "
+            f"data files must be {_FORMATS}"
+        ) from None
     if lines and not _is_numeric_row(lines[0]):
         lines = lines[1:]  # a header line
     if not lines:

@@ -646,3 +646,97 @@ def test_resolve_device():
     if not torch.backends.mps.is_available():
         with pytest.raises(ValueError, match="device 'mps' is not available"):
             resolve_device("mps")
+
+
+# -- a run folder is never overwritten unless asked; errors in the user's terms ----------------
+def test_trainer_refuses_a_folder_that_holds_a_run(tmp_path):
+    first = tiny_trainer(tmp_path, steps=6, log_every=2)
+    first.train()
+    ckpt_bytes = (tmp_path / "checkpoint.pt").read_bytes()
+    log = (tmp_path / "loss.csv").read_text()
+    assert T.trainer.run_files(tmp_path) == ["checkpoint.pt", "loss.csv"]
+    for act in (lambda tr: tr.train(), lambda tr: tr.save()):
+        fresh = tiny_trainer(tmp_path, steps=4, log_every=2)
+        with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoint.pt, loss.csv\); "
+                                                  r"call resume\(\) to continue it, or pass overwrite=True"):
+            act(fresh)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == ckpt_bytes
+    assert (tmp_path / "loss.csv").read_text() == log
+    # resuming another checkpoint into this folder is no licence to write over its run either
+    other = tiny_trainer(tmp_path / "o", steps=2)
+    other.train()
+    moved = tiny_trainer(tmp_path, steps=4).resume(tmp_path / "o" / "checkpoint.pt")
+    with pytest.raises(FileExistsError):
+        moved.train()
+    assert (tmp_path / "loss.csv").read_text() == log
+    # overwrite=True starts clean: the old log is gone, not appended to
+    clean = Trainer(TinyScore(), "8gaussians", TrainConfig(steps=4, batch_size=16, log_every=2),
+                    loss_fn=toy_loss, out_dir=tmp_path, progress=False, overwrite=True)
+    clean.train()
+    rows = (tmp_path / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+    # a log without a checkpoint (a run killed before its first checkpoint) is a run too
+    (tmp_path / "checkpoint.pt").unlink()
+    with pytest.raises(FileExistsError, match=r"\(loss.csv\)"):
+        tiny_trainer(tmp_path, steps=2).train()
+
+
+def test_train_model_refuses_or_overwrites(tmp_path):
+    cfg = TrainConfig(steps=3, batch_size=16, log_every=1)
+    T.train_model("moons", tmp_path, config=cfg, hidden=8, progress=False)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        T.train_model("moons", tmp_path, config=cfg, hidden=8, progress=False)
+    tr = T.train_model("moons", tmp_path, config=TrainConfig(steps=2, batch_size=16, log_every=1),
+                       hidden=8, progress=False, overwrite=True)
+    assert tr.step == 2 and len((tmp_path / "loss.csv").read_text().splitlines()) == 3
+
+
+def test_zero_steps_are_refused():
+    with pytest.raises(ValueError, match=r"steps must be >= 1 \(a run of 0 steps would only write an "
+                                         r"untrained model\), got 0"):
+        TrainConfig(steps=0)
+    with pytest.raises(CheckpointError, match="invalid config"):   # nor resumed into a 0-step run
+        T.checkpoint.checkpoint_config({"config": {"steps": 0}}, "x.pt")
+
+
+def test_resume_mismatches_speak_the_users_language(tmp_path):
+    from scoresde.training import train_config
+
+    kw = dict(hidden=8, progress=False)
+    T.train_model("moons", tmp_path / "a", config=train_config(30, batch_size=16, warmup=5), **kw)
+    with pytest.raises(CheckpointError, match=r"--steps differs \(the run's learning rate decays over its "
+                                              r"--steps 30\)"):
+        T.train_model("moons", tmp_path / "a", config=train_config(40, batch_size=16, warmup=5), resume=True, **kw)
+    with pytest.raises(CheckpointError, match=r"--batch-size differs \(the run used 16\).*--seed differs"):
+        T.train_model("moons", tmp_path / "a", config=train_config(30, batch_size=32, seed=1, warmup=5), resume=True,
+                      **kw)
+    with pytest.raises(CheckpointError, match=r"trained on different data \(the run was trained on 'moons', "
+                                              r"this one on '8gaussians'\)"):
+        T.train_model("8gaussians", tmp_path / "a", config=train_config(30, batch_size=16, warmup=5), resume=True, **kw)
+    with pytest.raises(CheckpointError, match=r"the model differs from the run's \(hidden 8 vs 16; .*--hidden"):
+        T.train_model("moons", tmp_path / "a", config=train_config(30, batch_size=16, warmup=5), resume=True,
+                      hidden=16, progress=False)
+    pts = torch.randn(50, 2, generator=gen(0))
+    T.train_model(pts, tmp_path / "t", config=train_config(4, batch_size=16, warmup=5), **kw)
+    with pytest.raises(CheckpointError, match="trained on different data .*mean or spread differs"):
+        T.train_model(pts * 3, tmp_path / "t", config=train_config(4, batch_size=16, warmup=5), resume=True, **kw)
+    # without a model spec: the data stream's kind and size are compared
+    tr = tiny_trainer(tmp_path / "s", data=pts, steps=2)
+    tr.train()
+    with pytest.raises(CheckpointError, match=r"trained on different data \(the run drew from a fixed set "
+                                              r"of 50 rows, this one from a fixed set of 60 rows\)"):
+        tiny_trainer(None, data=torch.randn(60, 2), steps=2).resume(tr.checkpoint_path)
+    with pytest.raises(CheckpointError, match=r"from a fixed set of 50 rows, this one from a generated set"):
+        tiny_trainer(None, steps=2).resume(tr.checkpoint_path)
+
+
+def test_a_text_file_is_not_a_checkpoint(tmp_path):
+    csv = tmp_path / "points.csv"
+    csv.write_text("x,y\n1.0,2.0\n3.5,-1.25\n")
+    with pytest.raises(CheckpointError, match=r"not a scoresde checkpoint \(a text file; checkpoints are") as e:
+        load_checkpoint(csv)
+    assert "code" not in str(e.value) and str(csv) in str(e.value)
+    (tmp_path / "utf8.txt").write_bytes(("é" * 300).encode())   # multi-byte text cut at 512 bytes
+    with pytest.raises(CheckpointError, match="a text file"):
+        load_checkpoint(tmp_path / "utf8.txt")

@@ -64,6 +64,19 @@ def one_line(err: BaseException) -> str:
     return lines[0][:200] if lines else type(err).__name__
 
 
+def _is_text(path: str) -> bool:
+    """Whether the file starts like text (UTF-8, no NUL byte): a CSV or a script, not a torch.save file."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:  # a multi-byte character cut at the end of the head is text
+        return err.start >= len(head) - 3 and err.reason == "unexpected end of data"
+    return True
+
+
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
     """Write ``obj`` with :func:`torch.save` atomically.
 
@@ -119,7 +132,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
     Raises
     ------
-    CheckpointError
+    ~scoresde.CheckpointError
         With a one-line message naming the file and the problem: missing, empty, truncated or
         corrupt, refused by the safe loader, not a scoresde checkpoint, missing keys, or an
         unsupported ``format_version``.
@@ -133,6 +146,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path!r}: not a regular file")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint {path!r}: file is empty")
+    if _is_text(path):
+        raise CheckpointError(
+            f"checkpoint {path!r}: not a scoresde checkpoint (a text file; checkpoints are the "
+            "checkpoint.pt files written by scoresde train and Trainer.save)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -209,20 +227,89 @@ def checkpoint_config(ckpt: dict, path: str, **overrides) -> TrainConfig:
         raise CheckpointError(f"checkpoint {path!r}: invalid config ({err})") from None
 
 
-def check_resumable(ckpt: dict, config: TrainConfig, world_size: int, path: str) -> None:
+# the command-line option of each run-defining field (``decay_steps`` follows ``--steps``)
+_OPTION = {"batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup", "decay_steps": "--steps",
+           "ema_decay": "--ema-decay", "seed": "--seed"}
+
+
+def _describe_stream(state) -> str:
+    if state.get("kind") == "sampler":
+        return "a generated set (fresh samples every batch)"
+    return f"a fixed set of {state.get('n')} rows"
+
+
+def _metadata(ckpt: dict) -> dict:
+    meta = ckpt.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _data_differs(ckpt: dict, data_state: dict | None, metadata: dict | None) -> str | None:
+    """Why the checkpoint's run was trained on other data than this trainer's, or None."""
+    name, ours_name = _metadata(ckpt).get("data"), (metadata or {}).get("data")
+    if name is not None and ours_name is not None and name != ours_name:
+        return f"the run was trained on {name!r}, this one on {ours_name!r}"
+    spec, ours_spec = _metadata(ckpt).get("model"), (metadata or {}).get("model")
+    if isinstance(spec, dict) and isinstance(ours_spec, dict) and spec.get("kind") == ours_spec.get("kind"):
+        if spec.get("shift") != ours_spec.get("shift") or spec.get("scale") != ours_spec.get("scale"):
+            return "the data's mean or spread differs from the run's"
+    try:
+        theirs = ckpt["ranks"][0]["data"]
+        same = (theirs["kind"], theirs["n"]) == (data_state["kind"], data_state["n"])
+    except (KeyError, IndexError, TypeError):  # malformed: left to the state loaders to report
+        return None
+    if not same:
+        return f"the run drew from {_describe_stream(theirs)}, this one from {_describe_stream(data_state)}"
+    return None
+
+
+def _model_differs(ckpt: dict, metadata: dict | None) -> str | None:
+    spec, ours = _metadata(ckpt).get("model"), (metadata or {}).get("model")
+    if not isinstance(spec, dict) or not isinstance(ours, dict):
+        return None
+    keys = [k for k in spec if k not in ("shift", "scale") and spec.get(k) != ours.get(k)]
+    if not keys:
+        return None
+    return ", ".join(f"{k} {spec.get(k)!r} vs {ours.get(k)!r}" for k in keys)
+
+
+def check_resumable(ckpt: dict, config: TrainConfig, world_size: int, path: str, *,
+                    data_state: dict | None = None, metadata: dict | None = None) -> None:
     """Raise a ``CheckpointError`` unless a trainer with ``config`` may continue ``ckpt``.
 
     The run-defining fields of the config (``batch_size``, ``lr``, ``weight_decay``,
     ``warmup``, ``decay_steps``, ``grad_clip``, ``ema_decay``, ``seed``) and the number of
-    processes must agree; ``steps``, ``checkpoint_every`` and ``log_every`` may differ.
+    processes must agree; ``steps``, ``checkpoint_every`` and ``log_every`` may differ. With
+    the trainer's data-stream state (``data_state``, see
+    :meth:`~scoresde.data.DataStream.state_dict`) and ``metadata``, the data (their name,
+    kind, size and standardisation) and the model spec must agree too. The messages say
+    what differs in the words of the command line (``--steps differs``, ``trained on
+    different data``) as well as in the config's.
     """
     cfg = checkpoint_config(ckpt, path)
     diff = [k for k in _RUN_IDENTITY if getattr(cfg, k) != getattr(config, k)]
     if diff:
         pairs = ", ".join(f"{k}={getattr(cfg, k)!r} vs {getattr(config, k)!r}" for k in diff)
-        raise CheckpointError(f"checkpoint {path!r}: config differs from this trainer's ({pairs})")
+        options = []
+        for k in diff:
+            if k == "decay_steps":  # the recipe decays over the run's steps
+                options.append(f"--steps differs (the run's learning rate decays over its --steps {cfg.steps})")
+            elif k in _OPTION:
+                options.append(f"{_OPTION[k]} differs (the run used {getattr(cfg, k)!r})")
+        said = "; ".join(options) or "the run was started with other settings"
+        raise CheckpointError(
+            f"checkpoint {path!r}: config differs from this trainer's ({pairs}): {said}; resume "
+            "with the settings the run was started with, or start a new run"
+        )
     if ckpt["world_size"] != world_size or len(ckpt["ranks"]) != world_size:
         raise CheckpointError(
             f"checkpoint {path!r}: written by {ckpt['world_size']} process(es), resumed by "
             f"{world_size}"
         )
+    why = _data_differs(ckpt, data_state, metadata)
+    if why is not None:
+        raise CheckpointError(f"checkpoint {path!r}: trained on different data ({why}); resume with "
+                              "the run's own --data, or start a new run")
+    what = _model_differs(ckpt, metadata)
+    if what is not None:
+        raise CheckpointError(f"checkpoint {path!r}: the model differs from the run's ({what}; from the "
+                              "command line: --sde or --hidden differs); resume with the run's own settings")

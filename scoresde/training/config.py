@@ -24,7 +24,7 @@ class TrainConfig:
     Attributes
     ----------
     steps : int
-        Total number of optimiser updates of the run.
+        Total number of optimiser updates of the run (>= 1).
     batch_size : int
         Samples per update *per process* (the effective batch under DDP is
         ``batch_size * world_size``).
@@ -72,6 +72,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check_int("steps", self.steps, minimum=0)
+        if self.steps == 0:
+            raise ValueError("steps must be >= 1 (a run of 0 steps would only write an untrained model), got 0")
         check_int("batch_size", self.batch_size)
         check_positive("lr", self.lr)
         check_positive("weight_decay", self.weight_decay, strict=False)

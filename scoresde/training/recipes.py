@@ -183,7 +183,7 @@ def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[nn.Module, di
 
     Raises
     ------
-    CheckpointError
+    ~scoresde.CheckpointError
         If the file is unusable (see :func:`load_checkpoint`), carries no model spec, or its
         weights do not fit the spec.
     """
@@ -224,6 +224,7 @@ def train_model(
     progress: bool = True,
     device: torch.device | str = "cpu",
     data_name: str | None = None,
+    overwrite: bool = False,
 ) -> Trainer:
     """Train the default score model of a data set (the recipe behind ``scoresde train``).
 
@@ -242,12 +243,13 @@ def train_model(
         The run folder (``checkpoint.pt``, ``loss.csv``).
     sde : str
         A name of :data:`scoresde.SDE_NAMES`.
-    config : TrainConfig, optional
+    config : ~scoresde.TrainConfig, optional
         Default :func:`train_config` ``()``, the recipe's defaults.
     hidden : int
         Width of the :class:`~scoresde.nets.ScoreMLP` (vector data).
     resume : bool
-        Continue ``out_dir/checkpoint.pt`` if it exists.
+        Continue ``out_dir/checkpoint.pt`` if it exists (a run that is already complete is
+        left as it is).
     progress : bool
         Show a progress bar.
     device : str or torch.device
@@ -256,6 +258,9 @@ def train_model(
     data_name : str, optional
         Recorded in the checkpoint's metadata as ``"data"`` (default: ``data`` when it is a
         name or a path).
+    overwrite : bool
+        Start afresh when ``out_dir`` holds another run, deleting its checkpoint and log
+        (default False: a ``FileExistsError`` unless ``resume`` continues it).
 
     Returns
     -------
@@ -275,7 +280,7 @@ def train_model(
     if data_name is None and isinstance(data, (str, os.PathLike)):
         data_name = os.fspath(data)
     trainer = Trainer(model, _in_model_space(source, spec), config, sde=model.sde, out_dir=out_dir,
-                      progress=progress, metadata={"model": spec, "data": data_name})
+                      progress=progress, metadata={"model": spec, "data": data_name}, overwrite=overwrite)
     try:
         if resume and os.path.exists(trainer.checkpoint_path):
             trainer.resume()

@@ -43,9 +43,24 @@ from .checkpoint import (
 from .config import TrainConfig, lr_factor
 from .ema import EMA
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "run_files"]
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
+_RUN_FILES = ("checkpoint.pt", "loss.csv")
+
+
+def run_files(out_dir: str | os.PathLike | None) -> list[str]:
+    """The files of a run that ``out_dir`` already holds (``checkpoint.pt``, ``loss.csv``), if any.
+
+    Examples
+    --------
+    >>> from scoresde.training.trainer import run_files
+    >>> run_files("no/such/folder")
+    []
+    """
+    if out_dir is None:
+        return []
+    return [f for f in _RUN_FILES if os.path.exists(os.path.join(os.fspath(out_dir), f))]
 
 
 def _default_loss(sde) -> LossFn:
@@ -72,7 +87,7 @@ class Trainer:
         (generated sets give fresh samples every batch), a sampling function
         ``fn(n, generator)`` — or a ready :class:`~scoresde.data.DataStream` (used as is,
         single process only).
-    config : TrainConfig, optional
+    config : ~scoresde.TrainConfig, optional
         Hyper-parameters (default ``TrainConfig()``).
     loss_fn : callable, optional
         ``loss_fn(model, batch, generator) -> scalar``; ``generator`` is the trainer's loss
@@ -81,13 +96,19 @@ class Trainer:
     sde : SDE, optional
         For the default loss: default ``model.sde`` if the model has one, else ``VPSDE()``.
     out_dir : str or os.PathLike, optional
-        Where ``checkpoint.pt`` and ``loss.csv`` go (rank 0 only); None writes nothing.
+        Where ``checkpoint.pt`` and ``loss.csv`` go (rank 0 only); None writes nothing. A
+        folder that already holds a run (:func:`run_files`) is only written to after
+        :meth:`resume` from its checkpoint, or with ``overwrite=True``.
     progress : bool
         Show a tqdm bar with the current loss (rank 0 only).
     metadata : dict, optional
         Plain values stored in every checkpoint under ``"metadata"`` (e.g. the
         :func:`~scoresde.training.model_spec` that :func:`~scoresde.training.load_model`
         rebuilds the network from).
+    overwrite : bool
+        Start afresh in an ``out_dir`` that holds another run, deleting its ``checkpoint.pt``
+        and ``loss.csv`` when training starts (default False: refuse with a
+        ``FileExistsError``).
 
     Attributes
     ----------
@@ -119,7 +140,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, data, config: TrainConfig | None = None,
                  loss_fn: LossFn | None = None, sde=None, out_dir: str | os.PathLike | None = None,
-                 *, progress: bool = True, metadata: dict | None = None):
+                 *, progress: bool = True, metadata: dict | None = None, overwrite: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         config = TrainConfig() if config is None else config
@@ -134,7 +155,7 @@ class Trainer:
             raise ValueError("model has no trainable parameters")
         self.config, self.model, self.device = config, model, self._params[0].device
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
-        self.progress, self.metadata = bool(progress), dict(metadata or {})
+        self.progress, self.metadata, self.overwrite = bool(progress), dict(metadata or {}), bool(overwrite)
         self.step, self.losses, self.last_grad_norm, self.resumed_step = 0, [], None, None
         self.rank, self.world_size = rank_and_world_size()
         if sde is None:
@@ -155,6 +176,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self._params, lr=config.lr, weight_decay=config.weight_decay)
         self._log = LossLog(self.out_dir if self.is_main else None)
         self._saved_step: int | None = None  # step of the checkpoint in out_dir, if current
+        self._owns_out_dir = out_dir is None  # True once writing to out_dir is known to be safe
 
     def _make_stream(self, data) -> DataStream:
         bs = self.config.batch_size
@@ -186,6 +208,22 @@ class Trainer:
         """Learning rate of the ``step``-th update (default: the next one)."""
         step = self.step if step is None else step
         return self.config.lr * lr_factor(step, self.config.warmup, self.config.decay_steps)
+
+    def _claim_out_dir(self) -> None:
+        """Before the first write: refuse a folder holding another run, or clear it if asked to."""
+        if self._owns_out_dir:
+            return
+        held = run_files(self.out_dir)
+        if held and not self.overwrite:
+            raise FileExistsError(
+                f"out_dir {self.out_dir!r} already holds a run ({', '.join(held)}); call resume() to "
+                "continue it, or pass overwrite=True to start afresh (deletes them)")
+        barrier(self.world_size)  # every rank has looked before rank 0 deletes anything
+        if held and self.is_main:
+            for name in held:
+                os.unlink(os.path.join(self.out_dir, name))
+        barrier(self.world_size)
+        self._owns_out_dir = True
 
     def _update(self) -> float:
         batch = next(self.data).to(self.device)
@@ -227,6 +265,7 @@ class Trainer:
         steps = check_int("steps", max(0, self.config.steps - self.step) if steps is None else steps,
                           minimum=0)
         cfg, out, bar = self.config, [], None
+        self._claim_out_dir()
         if (self.progress if progress is None else bool(progress)) and self.is_main:
             from tqdm.auto import tqdm
 
@@ -269,6 +308,8 @@ class Trainer:
         """
         if path is None and self.out_dir is None:
             return None
+        if path is None:
+            self._claim_out_dir()
         state, written = self.state_dict(), None
         if self.is_main:
             written = os.fspath(path) if path is not None else self.checkpoint_path
@@ -286,11 +327,12 @@ class Trainer:
         and the world size must match the checkpoint's (see
         :func:`~scoresde.training.checkpoint.check_resumable`); ``steps``, ``checkpoint_every``
         and ``log_every`` may differ. Training then continues bit-identically to a run that was
-        never interrupted. Rows of ``loss.csv`` after the checkpoint's step are dropped.
+        never interrupted. Resuming ``out_dir``'s own checkpoint lets the trainer write there
+        again; rows of its ``loss.csv`` after the checkpoint's step are dropped.
 
         Raises
         ------
-        CheckpointError
+        ~scoresde.CheckpointError
             If the file is unusable (see :func:`load_checkpoint`) or does not fit this trainer.
         """
         if path is None:
@@ -299,7 +341,8 @@ class Trainer:
             path = self.checkpoint_path
         path = os.fspath(path)
         ckpt = load_checkpoint(path, map_location="cpu")
-        check_resumable(ckpt, self.config, self.world_size, path)
+        check_resumable(ckpt, self.config, self.world_size, path, data_state=self.data.state_dict(),
+                        metadata=self.metadata)
         try:
             self.model.load_state_dict(ckpt["model"])
             self.ema.load_state_dict(ckpt["ema"])
@@ -314,19 +357,20 @@ class Trainer:
         if len(losses) != step:
             raise CheckpointError(f"checkpoint {path!r}: {len(losses)} losses for step {step}")
         self.step, self.losses, self.resumed_step = step, losses, step
-        self._log.truncate(step)
-        if path == self.checkpoint_path:
-            self._saved_step = step
+        if self.out_dir is not None and os.path.abspath(path) == os.path.abspath(self.checkpoint_path):
+            self._log.truncate(step)
+            self._saved_step, self._owns_out_dir = step, True
         return self
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, model: nn.Module, data, loss_fn: LossFn | None = None,
                         sde=None, out_dir: str | os.PathLike | None = None, *, progress: bool = True,
-                        **overrides) -> Trainer:
+                        overwrite: bool = False, **overrides) -> Trainer:
         """A trainer with the checkpoint's config (``overrides`` may change ``steps``,
         ``checkpoint_every``, ``log_every``), resumed from it."""
         config = checkpoint_config(load_checkpoint(path), os.fspath(path), **overrides)
-        trainer = cls(model, data, config, loss_fn=loss_fn, sde=sde, out_dir=out_dir, progress=progress)
+        trainer = cls(model, data, config, loss_fn=loss_fn, sde=sde, out_dir=out_dir, progress=progress,
+                      overwrite=overwrite)
         return trainer.resume(path)
 
     def close(self) -> None:
