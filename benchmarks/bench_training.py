@@ -69,7 +69,8 @@ def bench_quality(steps: int) -> list[dict]:
     rows = []
     for name, target in targets.items():
         t0 = time.perf_counter()
-        tr = train_model(name, f"/tmp/scoresde_bench_{name}", config=train_config(steps), progress=False)
+        tr = train_model(name, f"/tmp/scoresde_bench_{name}", config=train_config(steps), progress=False,
+                         overwrite=True)  # a scratch folder, replaced on every run
         train_s = time.perf_counter() - t0
         model, spec = load_model(tr.checkpoint_path)
         n = 4000

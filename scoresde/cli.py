@@ -250,24 +250,37 @@ _SAMPLE_SUFFIXES = (".npy", ".pt", ".png")
 
 def _scatter_figure(x, reference, title: str):
     """A report-ready scatter of samples (first two coordinates) over the training data, with axes."""
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    pts = x.detach().cpu().double().numpy()
-    fig = Figure(figsize=(6.0, 5.6), layout="constrained")
+    pts = x.detach().cpu().double().numpy()[:, :2]
+    ref = None if reference is None else reference.detach().cpu().double().numpy()[:, :2]
+    # the frame: the training data's extent (or the samples'), so that stray samples show as a count
+    basis = ref if ref is not None else pts
+    lo, hi = np.quantile(basis, 0.002, axis=0), np.quantile(basis, 0.998, axis=0)
+    pad = 0.25 * np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - pad, hi + pad
+    outside = int((~((pts >= lo) & (pts <= hi)).all(axis=1)).sum())
+    aspect = float((hi[1] - lo[1]) / (hi[0] - lo[0]))
+    fig = Figure(figsize=(6.4, min(max(6.4 * aspect, 3.2), 8.0) + 1.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    if reference is not None:
-        ref = reference.detach().cpu().double().numpy()
+    if ref is not None:
         ax.scatter(ref[:, 0], ref[:, 1], s=4, c="0.75", linewidths=0,
                    label=f"training data ({len(ref)} points)")
-    ax.scatter(pts[:, 0], pts[:, 1], s=4, c="C0", linewidths=0, alpha=0.8, label=f"samples ({len(pts)})")
-    suffix = f" (first 2 of {pts.shape[1]} coordinates)" if pts.shape[1] > 2 else ""
+    label = f"samples ({len(pts)}; {outside} outside the frame)" if outside else f"samples ({len(pts)})"
+    ax.scatter(pts[:, 0], pts[:, 1], s=4, c="C0", linewidths=0, alpha=0.8, label=label)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    dim = x.shape[1]
+    suffix = f" (first 2 of {dim} coordinates)" if dim > 2 else ""
     ax.set_xlabel("$x_1$" + suffix)
     ax.set_ylabel("$x_2$")
-    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_aspect("equal", adjustable="box")
     ax.grid(True, linewidth=0.4, alpha=0.5)
-    ax.legend(loc="best", fontsize=8, markerscale=3, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, markerscale=3,
+              frameon=False)
     ax.set_title(title, fontsize=10)
     return fig
 

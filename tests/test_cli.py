@@ -11,6 +11,11 @@ import scoresde as sd
 from scoresde.cli import main
 from scoresde.training import TrainConfig, Trainer, load_model, model_spec
 
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 TINY = ["--steps", "30", "--batch-size", "64", "--no-progress"]
 
 
@@ -270,7 +275,7 @@ def test_sample_png_is_a_figure_for_a_report(trained, tmp_path, capsys):
     out = tmp_path / "s.png"
     assert main(["sample", "--checkpoint", str(trained), "--n", "300", "--steps", "10", "--out", str(out)]) == 0
     width, height = struct.unpack(">II", out.read_bytes()[16:24])   # the PNG's IHDR chunk
-    assert width >= 800 and height >= 750
+    assert width >= 900 and height >= 500      # was 330 x 330 px
     from scoresde.cli import _scatter_figure, _training_data
 
     reference = _training_data(trained, 300, 0)
@@ -281,6 +286,10 @@ def test_sample_png_is_a_figure_for_a_report(trained, tmp_path, capsys):
     assert labels == ["training data (300 points)", "samples (50)"]
     ax = _scatter_figure(torch.randn(50, 2), None, "t").axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["samples (50)"]
+    far = torch.cat([0.02 * torch.randn(48, 2, generator=gen(0)), torch.full((2, 2), 40.0)])
+    ax = _scatter_figure(far, 0.1 * torch.randn(300, 2, generator=gen(1)), "t").axes[0]
+    assert ax.get_legend().get_texts()[1].get_text() == "samples (50; 2 outside the frame)"
+    assert ax.get_xlim()[1] < 1.0          # framed by the training data, not by the stray samples
     assert main(["sample", "--checkpoint", str(trained), "--n", "30", "--steps", "5", "--no-data-overlay",
                  "--out", str(tmp_path / "plain.png")]) == 0
 
@@ -322,3 +331,16 @@ def test_help_lists_names_and_describes_every_option(capsys):
     for command in ("train", "sample", "demo"):
         for action in sub.choices[command]._actions:
             assert action.help, (command, action.option_strings)   # every option is described
+
+
+def test_run_folder_message_without_a_readable_checkpoint(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"")          # torn: the step cannot be read
+    assert main(["train", "--data", "moons", "--out", str(tmp_path), *TINY]) == 2
+    _one_line_error(capsys, "already holds a run (checkpoint.pt); pass --resume")
+    from scoresde.cli import _training_data
+
+    tr = Trainer(torch.nn.Linear(2, 2), "ring8", TrainConfig(steps=1, batch_size=4),
+                 loss_fn=lambda m, b, g: m(b).square().mean(), progress=False)
+    tr.train()
+    tr.save(tmp_path / "custom.pt")                       # a Python run records no data name
+    assert _training_data(tmp_path / "custom.pt", 10, 0) is None

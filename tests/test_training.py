@@ -492,6 +492,20 @@ def test_ddp_two_processes(tmp_path):
     assert sorted(os.listdir(tmp_path / "straight")) == ["checkpoint.pt", "loss.csv"]
 
 
+@pytest.mark.skipif(not _torchrun_available(), reason="torch.distributed.run / gloo unavailable")
+def test_entry_point_creates_the_process_group_under_torchrun(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
+           "scoresde.training", "--data", "moons", "--steps", "4", "--batch-size", "16", "--hidden", "8",
+           "--checkpoint-every", "2", "--out", str(out), "--no-progress"]
+    res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("trained 4 steps (now at step 4)") == 1     # rank 0 reports
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2 and ckpt["step"] == 4
+    assert sorted(os.listdir(out)) == ["checkpoint.pt"]   # rank 0 alone wrote, no temp files left
+
+
 def test_main_entry_point(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--data", "8gaussians", "--steps", "4", "--batch-size", "32", "--out", str(out),
