@@ -30,7 +30,7 @@ from torch import nn
 from .._checks import check_int, derive_seed
 from ..data import DataStream, data_source
 from ._distributed import barrier, data_parallel, gather, mean_over_ranks, rank_and_world_size
-from ._losslog import LossLog
+from ._rundir import LossLog, claim_run_folder, run_files
 from .checkpoint import (
     CheckpointError,
     check_resumable,
@@ -46,23 +46,6 @@ from .ema import EMA
 __all__ = ["Trainer", "run_files"]
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
-_RUN_FILES = ("checkpoint.pt", "loss.csv")
-
-
-def run_files(out_dir: str | os.PathLike | None) -> list[str]:
-    """The files of a run that ``out_dir`` already holds (``checkpoint.pt``, ``loss.csv``), if any.
-
-    Examples
-    --------
-    >>> from scoresde.training.trainer import run_files
-    >>> run_files("no/such/folder")
-    []
-    """
-    if out_dir is None:
-        return []
-    return [f for f in _RUN_FILES if os.path.exists(os.path.join(os.fspath(out_dir), f))]
-
-
 def _default_loss(sde) -> LossFn:
     def dsm(model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         from ..losses import dsm_loss
@@ -211,19 +194,10 @@ class Trainer:
 
     def _claim_out_dir(self) -> None:
         """Before the first write: refuse a folder holding another run, or clear it if asked to."""
-        if self._owns_out_dir:
-            return
-        held = run_files(self.out_dir)
-        if held and not self.overwrite:
-            raise FileExistsError(
-                f"out_dir {self.out_dir!r} already holds a run ({', '.join(held)}); call resume() to "
-                "continue it, or pass overwrite=True to start afresh (deletes them)")
-        barrier(self.world_size)  # every rank has looked before rank 0 deletes anything
-        if held and self.is_main:
-            for name in held:
-                os.unlink(os.path.join(self.out_dir, name))
-        barrier(self.world_size)
-        self._owns_out_dir = True
+        if not self._owns_out_dir:
+            claim_run_folder(self.out_dir, overwrite=self.overwrite, world_size=self.world_size,
+                             is_main=self.is_main)
+            self._owns_out_dir = True
 
     def _update(self) -> float:
         batch = next(self.data).to(self.device)

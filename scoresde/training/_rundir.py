@@ -1,11 +1,50 @@
-"""``loss.csv``: the training log of a run folder (rows ``step,loss``), appended and trimmed on resume."""
+"""The run folder: which files make a run, who may write over one, and its log ``loss.csv``."""
 
 from __future__ import annotations
 
 import csv
 import os
 
+from ._distributed import barrier
+
 __all__: list[str] = []
+
+_RUN_FILES = ("checkpoint.pt", "loss.csv")
+
+
+def run_files(out_dir: str | os.PathLike | None) -> list[str]:
+    """The files of a run that ``out_dir`` already holds (``checkpoint.pt``, ``loss.csv``), if any.
+
+    Examples
+    --------
+    >>> from scoresde.training.trainer import run_files
+    >>> run_files("no/such/folder")
+    []
+    """
+    if out_dir is None:
+        return []
+    return [f for f in _RUN_FILES if os.path.exists(os.path.join(os.fspath(out_dir), f))]
+
+
+def claim_run_folder(out_dir: str, *, overwrite: bool, world_size: int, is_main: bool) -> None:
+    """Before a fresh run first writes to ``out_dir``: refuse it if it holds a run, or clear it.
+
+    Raises
+    ------
+    FileExistsError
+        If ``out_dir`` holds a run (:func:`run_files`) and ``overwrite`` is False. With
+        ``overwrite`` its files are deleted (by rank 0, after every rank has looked).
+    """
+    held = run_files(out_dir)
+    if held and not overwrite:
+        raise FileExistsError(
+            f"out_dir {out_dir!r} already holds a run ({', '.join(held)}); call resume() to continue "
+            "it, or pass overwrite=True to start afresh (deletes them)")
+    barrier(world_size)  # every rank has looked before rank 0 deletes anything
+    if held and is_main:
+        for name in held:
+            os.unlink(os.path.join(out_dir, name))
+    barrier(world_size)
 
 
 class LossLog:
