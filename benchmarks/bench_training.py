@@ -31,8 +31,16 @@ import time
 import torch
 
 import scoresde as sd
-from scoresde.cli import TRAIN_DEFAULTS, train_config
-from scoresde.training import TrainConfig, Trainer, from_model_space, load_model, model_spec, train_model
+from scoresde.training import (
+    TRAIN_DEFAULTS,
+    TrainConfig,
+    Trainer,
+    from_model_space,
+    load_model,
+    model_spec,
+    train_config,
+    train_model,
+)
 
 
 def bench_speed(threads: int) -> list[dict]:
@@ -61,7 +69,8 @@ def bench_quality(steps: int) -> list[dict]:
     rows = []
     for name, target in targets.items():
         t0 = time.perf_counter()
-        tr = train_model(name, f"/tmp/scoresde_bench_{name}", config=train_config(steps), progress=False)
+        tr = train_model(name, f"/tmp/scoresde_bench_{name}", config=train_config(steps), progress=False,
+                         overwrite=True)  # a scratch folder, replaced on every run
         train_s = time.perf_counter() - t0
         model, spec = load_model(tr.checkpoint_path)
         n = 4000

@@ -24,6 +24,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# the one set of training defaults lives with the recipe (re-exported here for old imports)
+from .training.recipes import TRAIN_DEFAULTS, train_config
+
 __all__ = [
     "main",
     "build_parser",
@@ -31,6 +34,8 @@ __all__ = [
     "TRAIN_DEFAULTS",
     "train_config",
     "add_train_parser",
+    "add_train_arguments",
+    "run_train",
     "cmd_train",
     "add_sample_parser",
     "cmd_sample",
@@ -100,23 +105,6 @@ def _check_names(kind: str, given: list[str] | None, valid: Sequence[str]) -> No
 # --------------------------------------------------------------------------------------
 # scoresde train / sample / demo
 # --------------------------------------------------------------------------------------
-#: Defaults of ``scoresde train``: a good model of a 2-D data set in well under 2 minutes on
-#: 2 CPU cores (see benchmarks/bench_training.py for the measured quality).
-TRAIN_DEFAULTS = {"steps": 12_000, "batch_size": 512, "lr": 2e-3, "warmup": 100, "ema_decay": 0.999}
-
-
-def train_config(steps: int = TRAIN_DEFAULTS["steps"], *, seed: int = 0, checkpoint_every: int = 0,
-                 batch_size: int | None = None, lr: float | None = None):
-    """The :class:`~scoresde.training.TrainConfig` of ``scoresde train``: :data:`TRAIN_DEFAULTS`
-    with a cosine decay of the learning rate over the steps after the warm-up."""
-    from .training import TrainConfig
-
-    d = TRAIN_DEFAULTS
-    return TrainConfig(steps=steps, batch_size=batch_size or d["batch_size"], lr=lr or d["lr"],
-                       warmup=d["warmup"], decay_steps=max(steps - d["warmup"], 1),
-                       ema_decay=d["ema_decay"], seed=seed, checkpoint_every=checkpoint_every)
-
-
 def _set_threads(threads: int) -> None:
     if threads:
         import torch
@@ -124,74 +112,181 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _check_data(data: str) -> None:
+def _data_source(spec: str):
+    """The data of ``--data`` (:func:`scoresde.data.data_source`); an unknown name is a usage error."""
     import os
 
-    from .data import dataset_names
+    from .data import data_source, dataset_names
 
-    if data in dataset_names() or os.path.exists(data):
+    try:
+        return data_source(spec)
+    except (ValueError, FileNotFoundError):
+        if os.path.exists(spec):
+            raise  # a file that cannot be used: a failure while running (status 1)
+        raise UsageError(
+            f"unknown dataset {spec!r} (and no such file); valid names: {', '.join(dataset_names())}"
+        ) from None
+
+
+def _check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder that holds a run unless ``--resume`` or ``--overwrite`` says how."""
+    from .training import CheckpointError, load_checkpoint
+    from .training.trainer import run_files
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out must be a directory, {str(out)!r} is a file")
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other (continue the run, or replace it)")
+    held = run_files(out)
+    if not held or overwrite or (resume and "checkpoint.pt" in held):
         return
-    raise UsageError(
-        f"unknown dataset {data!r} (and no such file); valid names: {', '.join(dataset_names())}"
-    )
+    if resume:
+        raise UsageError(f"nothing to resume: {out} holds a loss.csv but no checkpoint.pt (the run stopped "
+                         "before its first checkpoint); pass --overwrite to start afresh")
+    what = list(held)
+    if "checkpoint.pt" in held:
+        try:
+            what[0] = f"checkpoint.pt at step {load_checkpoint(out / 'checkpoint.pt')['step']}"
+        except CheckpointError:
+            pass
+    raise UsageError(f"{out} already holds a run ({', '.join(what)}); pass --resume to continue it, or "
+                     f"--overwrite to start afresh (deletes its {' and '.join(held)})")
+
+
+_TRAIN_DESCRIPTION = (
+    "Train the default score model of a data set (ScoreMLP for vectors, UNet for digits) with "
+    "denoising score matching; writes RUN_DIR/checkpoint.pt (latest) and RUN_DIR/loss.csv. "
+    "A RUN_DIR that holds a run is continued with --resume or replaced with --overwrite, never "
+    "silently. Under torchrun the processes train one model with DistributedDataParallel."
+)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``scoresde train`` (also those of ``python -m scoresde.training``)."""
+    from .data import dataset_names
+    from .sde import SDE_NAMES
+
+    d = TRAIN_DEFAULTS
+    p.add_argument("--data", required=True, metavar="NAME|PATH",
+                   help=f"a data set name ({', '.join(dataset_names())}) or a .npy/.pt/.csv file of "
+                        "shape (n, d)")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR",
+                   help="run folder for checkpoint.pt and loss.csv")
+    p.add_argument("--sde", choices=SDE_NAMES, default=d["sde"], help=f"forward SDE (default {d['sde']})")
+    p.add_argument("--steps", type=_int_at_least(1), default=d["steps"],
+                   help=f"optimiser steps of the whole run (default {d['steps']})")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=d["batch_size"],
+                   help=f"batch size per process (default {d['batch_size']})")
+    p.add_argument("--lr", type=float, default=d["lr"], help=f"peak learning rate (default {d['lr']:g})")
+    p.add_argument("--warmup", type=_int_at_least(0), default=d["warmup"],
+                   help=f"linear learning-rate warm-up in steps, then a cosine decay (default {d['warmup']})")
+    p.add_argument("--ema-decay", type=float, default=d["ema_decay"],
+                   help=f"decay of the weight average in [0, 1) (default {d['ema_decay']})")
+    p.add_argument("--hidden", type=_int_at_least(1), default=d["hidden"],
+                   help=f"width of the ScoreMLP for vector data (default {d['hidden']})")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
+    p.add_argument("--checkpoint-every", type=_int_at_least(0), default=d["checkpoint_every"],
+                   help=f"checkpoint period in steps (default {d['checkpoint_every']}; 0: only at the end)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue RUN_DIR/checkpoint.pt (bit-identically) with the run's own settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a RUN_DIR that holds a run, deleting its checkpoint.pt and loss.csv")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, mps or auto (CUDA when available) (default cpu)")
+    p.add_argument("--threads", type=_int_at_least(0), default=1,
+                   help="torch CPU threads (default 1: fastest for small models; 0 keeps torch's)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bar on stderr (default on)")
+    p.set_defaults(func=cmd_train)
 
 
 def add_train_parser(subparsers) -> None:
     """Register ``scoresde train``."""
-    from .sde import SDE_NAMES
-
-    d = TRAIN_DEFAULTS
-    p = subparsers.add_parser(
-        "train",
-        help="train a score model on a data set by denoising score matching",
-        description=(
-            "Train the default score model of a data set (ScoreMLP for vectors, UNet for digits) "
-            "with denoising score matching; writes OUT/checkpoint.pt (latest) and OUT/loss.csv."
-        ),
-    )
-    p.add_argument("--data", required=True, metavar="NAME|PATH",
-                   help="a data set name or a .npy/.pt/.csv file of shape (n, d)")
-    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output directory")
-    p.add_argument("--sde", choices=SDE_NAMES, default="vp", help="forward SDE (default vp)")
-    p.add_argument("--steps", type=_int_at_least(1), default=d["steps"],
-                   help=f"optimiser steps (default {d['steps']})")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=d["batch_size"],
-                   help=f"batch size (default {d['batch_size']})")
-    p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']:g})")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
-    p.add_argument("--checkpoint-every", type=_int_at_least(0), default=1000,
-                   help="checkpoint period in steps (default 1000; 0: only at the end)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt if present")
-    p.add_argument("--threads", type=_int_at_least(0), default=1,
-                   help="torch CPU threads (default 1: fastest for small models; 0 keeps torch's)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(func=cmd_train)
+    p = subparsers.add_parser("train", help="train a score model on a data set by denoising score matching",
+                              description=_TRAIN_DESCRIPTION)
+    add_train_arguments(p)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train with :func:`scoresde.training.train_model` and report where the checkpoint went."""
-    from .training import train_model
+    """Train with :func:`scoresde.training.train_model` and report where the checkpoint went.
 
-    _check_data(args.data)
+    Under ``torchrun`` the process group is created here, around the training, and destroyed
+    at the end (:func:`scoresde.training.launch.process_group`).
+    """
+    from .training import train_model
+    from .training.launch import process_group, resolve_device
+
     if not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
+    try:
+        cfg = train_config(args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                           batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                           ema_decay=args.ema_decay)
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _check_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
+    source = _data_source(args.data)
     _set_threads(args.threads)
-    cfg = train_config(args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                       batch_size=args.batch_size, lr=args.lr)
     start = time.perf_counter()
-    trainer = train_model(args.data, args.out, sde=args.sde, config=cfg, resume=args.resume,
-                          progress=args.progress)
+    with process_group(device):
+        trainer = train_model(source, args.out, sde=args.sde, config=cfg, hidden=args.hidden,
+                              resume=args.resume, progress=args.progress, device=device,
+                              data_name=args.data, overwrite=args.overwrite)
+    if not trainer.is_main:
+        return 0
+    if trainer.resumed_step is not None and trainer.step == trainer.resumed_step:
+        print(f"nothing to do: {args.out} is complete at step {trainer.step}")
+        return 0
+    ran = trainer.step - (trainer.resumed_step or 0)
     tail = trainer.losses[-100:]
-    print(f"trained {trainer.step} steps in {time.perf_counter() - start:.1f} s; final loss "
-          f"{sum(tail) / max(len(tail), 1):.4g}; checkpoint {trainer.checkpoint_path}")
+    print(f"trained {ran} steps (now at step {trainer.step}) in {time.perf_counter() - start:.1f} s; "
+          f"final loss {sum(tail) / max(len(tail), 1):.4g}; checkpoint {trainer.checkpoint_path}")
     return 0
 
 
 _SAMPLE_SUFFIXES = (".npy", ".pt", ".png")
 
 
+def _scatter_figure(x, reference, title: str):
+    """A report-ready scatter of samples (first two coordinates) over the training data, with axes."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pts = x.detach().cpu().double().numpy()[:, :2]
+    ref = None if reference is None else reference.detach().cpu().double().numpy()[:, :2]
+    # the frame: the training data's extent (or the samples'), so that stray samples show as a count
+    basis = ref if ref is not None else pts
+    lo, hi = np.quantile(basis, 0.002, axis=0), np.quantile(basis, 0.998, axis=0)
+    pad = 0.25 * np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - pad, hi + pad
+    outside = int((~((pts >= lo) & (pts <= hi)).all(axis=1)).sum())
+    aspect = float((hi[1] - lo[1]) / (hi[0] - lo[0]))
+    fig = Figure(figsize=(6.4, min(max(6.4 * aspect, 3.2), 8.0) + 1.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if ref is not None:
+        ax.scatter(ref[:, 0], ref[:, 1], s=4, c="0.75", linewidths=0,
+                   label=f"training data ({len(ref)} points)")
+    label = f"samples ({len(pts)}; {outside} outside the frame)" if outside else f"samples ({len(pts)})"
+    ax.scatter(pts[:, 0], pts[:, 1], s=4, c="C0", linewidths=0, alpha=0.8, label=label)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    dim = x.shape[1]
+    suffix = f" (first 2 of {dim} coordinates)" if dim > 2 else ""
+    ax.set_xlabel("$x_1$" + suffix)
+    ax.set_ylabel("$x_2$")
+    ax.set_aspect("equal", adjustable="box")
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, markerscale=3,
+              frameon=False)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
 def _write_samples(x, out: Path, reference=None, title: str = "") -> None:
-    """Save samples as .npy, .pt or a .png (scatter of 2-D points, or an image grid)."""
+    """Save samples as .npy, .pt or a .png (a scatter over the training data, or an image grid)."""
     import numpy as np
     import torch
 
@@ -201,31 +296,58 @@ def _write_samples(x, out: Path, reference=None, title: str = "") -> None:
         np.save(out, x.detach().cpu().numpy())
     elif suffix == ".pt":
         torch.save(x.detach().cpu(), out)
-    else:
-        from .plotting import plot_image_grid, plot_samples
+    elif x.ndim == 4:
+        from .plotting import plot_image_grid
 
-        if x.ndim == 4:
-            fig = plot_image_grid(x[:64])
-        else:
-            fig = plot_samples({title or "samples": x}, reference=reference)
-        fig.savefig(out, dpi=110)
+        plot_image_grid(x[:64], title=title or None).savefig(out, dpi=150)
+    else:
+        _scatter_figure(x, reference, title or "samples").savefig(out, dpi=150)
+
+
+def _training_data(checkpoint: Path, n: int, seed: int):
+    """Up to ``n`` points of the data the checkpoint's run was trained on (None when not recorded/found)."""
+    import torch
+
+    from .data import data_source
+    from .training import load_checkpoint
+
+    name = (load_checkpoint(checkpoint).get("metadata") or {}).get("data")
+    if not isinstance(name, str):
+        return None
+    try:
+        source = data_source(name)
+    except (ValueError, OSError):
+        print(f"training data {name!r} not found: the figure shows the samples alone", file=sys.stderr)
+        return None
+    if isinstance(source, torch.Tensor):
+        return source[:n] if source.ndim == 2 else None
+    return source(n, generator=torch.Generator().manual_seed(seed + 1))
 
 
 def add_sample_parser(subparsers) -> None:
     """Register ``scoresde sample``."""
+    from .samplers import names as sampler_names
+
     p = subparsers.add_parser(
         "sample",
         help="draw samples from a trained checkpoint",
-        description="Draw samples from the EMA model of a checkpoint written by scoresde train.",
+        description=("Draw samples from the EMA model of a checkpoint written by scoresde train, in the "
+                     "data's own coordinates; a .png shows them over the training data."),
     )
-    p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH")
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH",
+                   help="a RUN_DIR/checkpoint.pt written by scoresde train")
     p.add_argument("--n", type=_int_at_least(1), default=1000, help="number of samples (default 1000)")
-    p.add_argument("--sampler", default="heun", metavar="NAME", help="sampler name (default heun)")
-    p.add_argument("--steps", type=_int_at_least(1), default=100, help="steps (default 100)")
+    p.add_argument("--sampler", default="heun", metavar="NAME",
+                   help=f"sampler (default heun): {', '.join(sampler_names())}")
+    p.add_argument("--steps", type=_int_at_least(1), default=100,
+                   help="sampler steps (time intervals; default 100)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
     p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--data-overlay", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw the training data recorded in the checkpoint behind the samples of a .png "
+                        "(default on)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE",
-                   help="output file: .npy, .pt, or .png (scatter or image grid)")
+                   help="output file: .npy, .pt, or .png (scatter with axes, or an image grid)")
     p.set_defaults(func=cmd_sample)
 
 
@@ -246,27 +368,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = sample(model.sde, model, shape, args.sampler, steps=args.steps,
                  generator=torch.Generator().manual_seed(args.seed))
+    seconds = time.perf_counter() - start
     x = from_model_space(out.samples, spec)
-    _write_samples(x, args.out, title=f"{args.sampler} ({out.nfe} NFE)")
-    print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE, "
-          f"{time.perf_counter() - start:.2f} s) written to {args.out}")
+    reference = None
+    if args.out.suffix.lower() == ".png" and args.data_overlay and x.ndim == 2:
+        reference = _training_data(args.checkpoint, args.n, args.seed)
+    _write_samples(x, args.out, reference=reference,
+                   title=f"{args.checkpoint.parent.name or args.checkpoint}: {args.sampler}, "
+                         f"{args.steps} steps ({out.nfe} NFE)")
+    print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE, {seconds:.2f} s) written to {args.out}")
     return 0
 
 
 def add_demo_parser(subparsers) -> None:
     """Register ``scoresde demo``."""
+    from .data import dataset_names
+
+    generated = [n for n in dataset_names() if n != "digits"]
     p = subparsers.add_parser(
         "demo",
-        help="train on a toy 2-D set, sample with every sampler, write a figure and a table",
+        help="train on a generated data set, sample with every sampler, write a figure and a table",
         description=(
-            "Train the default model on a toy 2-D data set, sample it with every sampler, and "
-            "write OUT/demo.png (samples per sampler beside the data), OUT/demo.md and "
-            "OUT/demo.json (sampler, NFE, wall time, SW2, MMD)."
+            "Train the default model on a generated data set (a toy 2-D set or a reference "
+            "target of any dimension), sample it with every sampler, and write OUT/demo.png "
+            "(samples per sampler over the data, first two coordinates), OUT/demo.md and "
+            "OUT/demo.json (sampler, NFE, wall time, SW2, MMD); the run itself goes to OUT/run."
         ),
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), metavar="DIR",
                    help="output directory (default demo_out)")
-    p.add_argument("--data", default="ring8", metavar="NAME", help="2-D data set (default ring8)")
+    p.add_argument("--data", default="ring8", metavar="NAME",
+                   help=f"a generated data set (default ring8): {', '.join(generated)}")
     p.add_argument("--steps", type=_int_at_least(1), default=TRAIN_DEFAULTS["steps"],
                    help=f"training steps (default {TRAIN_DEFAULTS['steps']})")
     p.add_argument("--n", type=_int_at_least(2), default=2000, help="samples per sampler (default 2000)")
@@ -274,7 +406,10 @@ def add_demo_parser(subparsers) -> None:
                    help="steps of every fixed-step sampler (default 100)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
     p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run of an earlier demo in OUT/run (otherwise refused)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bar on stderr (default on)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -295,10 +430,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         draw = dataset_sampler(args.data)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    _check_run_folder(args.out / "run", resume=False, overwrite=args.overwrite)
     _set_threads(args.threads)
     cfg = train_config(args.steps, seed=args.seed)
     start = time.perf_counter()
-    trainer = train_model(args.data, args.out / "run", config=cfg, progress=args.progress)
+    trainer = train_model(args.data, args.out / "run", config=cfg, progress=args.progress,
+                          overwrite=args.overwrite)
     train_s = time.perf_counter() - start
     print(f"trained {trainer.step} steps on {args.data} in {train_s:.1f} s")
     model, spec = load_model(trainer.checkpoint_path)
@@ -322,7 +459,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rows.append({"sampler": name, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
                      "sw2": float(metrics.sliced_wasserstein(x, data, generator=gen)),
                      "mmd": float(metrics.mmd(x, data))})
-        print(f"  {name:<18} {out.nfe:>5} NFE  sw2 {rows[-1]['sw2']:.4f}")
     args.out.mkdir(parents=True, exist_ok=True)
     fig = plot_samples(samples, reference=data, ncols=4, title=f"{args.data}: samples per sampler")
     fig.savefig(args.out / "demo.png", dpi=90)
@@ -455,6 +591,26 @@ def _exit_status(code) -> int:
     return 1  # pragma: no cover
 
 
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` with ``parser`` and run the chosen command; returns the exit status."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return _exit_status(exc.code)
+    prog = f"scoresde {args.command}" if getattr(args, "command", None) else parser.prog
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scoresde`` console script; returns the exit status.
 
@@ -463,20 +619,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv : list of str, optional
         Arguments without the program name (default ``sys.argv[1:]``).
     """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version and usage errors
-        return _exit_status(exc.code)
-    prog = f"scoresde {args.command}"
-    try:
-        return int(args.func(args))
-    except UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, RuntimeError, OSError) as exc:
-        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    return _run(build_parser(), argv)
+
+
+def run_train(argv: Sequence[str] | None = None, *, prog: str = "scoresde train") -> int:
+    """``scoresde train`` on its own (the entry point of ``python -m scoresde.training``).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The options of ``scoresde train`` (default ``sys.argv[1:]``).
+    prog : str
+        The program name in help and error messages.
+    """
+    parser = _Parser(prog=prog, description=_TRAIN_DESCRIPTION)
+    add_train_arguments(parser)
+    return _run(parser, argv)

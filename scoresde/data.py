@@ -10,9 +10,10 @@ Nothing here downloads anything. Three kinds of data are offered:
 - **digits**: the 8×8 handwritten digits that ship inside scikit-learn (:func:`digits`);
 - **files**: a user's ``.npy``, ``.pt`` or ``.csv`` array of shape ``(n, d)`` (:func:`load_file`).
 
-:func:`get_dataset` resolves a name (see :func:`dataset_names`) or a path to a tensor, and
-:class:`DataStream` turns a tensor or a generated set into reproducible, checkpointable
-mini-batches.
+:func:`data_source` is the one place a data specification (a name of :func:`dataset_names`,
+a file path, a tensor or a sampling function) is resolved: into a fixed tensor or a sampling
+function, which :class:`DataStream` turns into reproducible, checkpointable mini-batches.
+:func:`get_dataset` draws a tensor from a name or a path through it.
 
 Every random function takes a ``generator`` (:class:`torch.Generator`); samples are drawn on
 the generator's device. The same seed gives the same data, whatever ran before.
@@ -39,6 +40,7 @@ __all__ = [
     "digits",
     "load_file",
     "get_dataset",
+    "data_source",
     "dataset_names",
     "dataset_sampler",
     "DataStream",
@@ -331,9 +333,18 @@ def _is_numeric_row(line: str) -> bool:
     return True
 
 
+_FORMATS = ".npy (a NumPy array), .pt (a tensor saved with torch.save) or .csv (comma-separated numbers)"
+
+
 def _read_csv(path: str) -> np.ndarray:
-    with open(path, encoding="utf-8") as f:
-        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not a text CSV file (byte {err.start} is not UTF-8 text: a binary file?); "
+            f"data files must be {_FORMATS}"
+        ) from None
     if lines and not _is_numeric_row(lines[0]):
         lines = lines[1:]  # a header line
     if not lines:
@@ -425,6 +436,68 @@ def _subset(data: torch.Tensor, n: int | None, generator, what: str) -> torch.Te
     return data[idx.to(data.device)]
 
 
+def _is_path(spec) -> bool:
+    """A path-like, or a string that names a file (existing, or with a data-file extension)."""
+    if isinstance(spec, os.PathLike):
+        return True
+    return os.path.splitext(spec)[1].lower() in _FILE_SUFFIXES or os.path.exists(spec)
+
+
+def data_source(data) -> torch.Tensor | Callable[..., torch.Tensor]:
+    """Resolve a data specification into what a :class:`DataStream` draws from.
+
+    This is the one place where data are dispatched on their kind: the trainer, the training
+    recipe, :func:`get_dataset` and the command line all go through it.
+
+    Parameters
+    ----------
+    data : str, os.PathLike, Tensor or callable
+        A generated set's name (toy 2-D sets and reference targets, see :func:`dataset_names`),
+        ``"digits"``, the path of a ``.npy``/``.pt``/``.csv`` file (see :func:`load_file`), a
+        tensor ``(n, *event_shape)``, or a sampling function ``fn(n, generator=None)``.
+
+    Returns
+    -------
+    Tensor or callable
+        A fixed data set (``"digits"``: the training split of :func:`digits`; a file; the tensor
+        itself), or the sampling function of a generated set (:func:`dataset_sampler`; a
+        callable itself).
+
+    Raises
+    ------
+    ValueError
+        For a string that is neither a data-set name nor a file, or a file that cannot be read.
+    FileNotFoundError
+        For a path (or a name with a data-file extension) that does not exist.
+    TypeError
+        For anything else.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scoresde.data import data_source
+    >>> data_source("moons").__name__, data_source(torch.zeros(3, 2)).shape
+    ('moons', torch.Size([3, 2]))
+    """
+    if isinstance(data, torch.Tensor):
+        return data
+    if isinstance(data, str) and data in dataset_names():
+        return digits("train")[0] if data == "digits" else dataset_sampler(data)
+    if isinstance(data, (str, os.PathLike)):
+        if _is_path(data):
+            return load_file(data)
+        raise ValueError(
+            f"unknown data set {data!r}; valid names: {', '.join(dataset_names())} "
+            f"(or the path of a {'/'.join(_FILE_SUFFIXES)} file)"
+        )
+    if callable(data):
+        return data
+    raise TypeError(
+        "data must be a tensor, a data set name or path, or a sampling function "
+        f"fn(n, generator), got {type(data).__name__}"
+    )
+
+
 def get_dataset(
     name_or_path: str | os.PathLike,
     n: int | None = None,
@@ -437,7 +510,7 @@ def get_dataset(
     name_or_path : str or os.PathLike
         A generated set (toy 2-D sets and reference targets), ``"digits"`` (the training
         split of :func:`digits`, shape ``(1437, 1, 8, 8)``), or the path of a ``.npy``,
-        ``.pt`` or ``.csv`` file (see :func:`load_file`).
+        ``.pt`` or ``.csv`` file (see :func:`load_file`); resolved by :func:`data_source`.
     n : int, optional
         Number of points. Generated sets draw ``n`` (default ``DEFAULT_N = 10000``); fixed sets
         (digits, files) return a random subset of ``n`` rows, or everything when ``n`` is None.
@@ -457,26 +530,15 @@ def get_dataset(
     torch.Size([5, 2])
     """
     _check_generator(generator)
-    if isinstance(name_or_path, str) and name_or_path in dataset_names():
-        if name_or_path == "digits":
-            return _subset(digits("train")[0], n, generator, "the digits training split")
-        return dataset_sampler(name_or_path)(DEFAULT_N if n is None else n, generator=generator)
-    if isinstance(name_or_path, os.PathLike) or (
-        isinstance(name_or_path, str)
-        and (
-            os.path.splitext(name_or_path)[1].lower() in _FILE_SUFFIXES
-            or os.path.exists(name_or_path)
-        )
-    ):
-        return _subset(load_file(name_or_path), n, generator, f"{os.fspath(name_or_path)!r}")
-    if not isinstance(name_or_path, str):
+    if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(
             f"name_or_path must be a str or os.PathLike, got {type(name_or_path).__name__}"
         )
-    raise ValueError(
-        f"unknown data set {name_or_path!r}; valid names: {', '.join(dataset_names())} "
-        f"(or the path of a {'/'.join(_FILE_SUFFIXES)} file)"
-    )
+    source = data_source(name_or_path)
+    if callable(source):
+        return source(DEFAULT_N if n is None else n, generator=generator)
+    what = "the digits training split" if name_or_path == "digits" else repr(os.fspath(name_or_path))
+    return _subset(source, n, generator, what)
 
 
 # --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ if __name__ == "__main__":
 
     from scoresde.training import TrainConfig, Trainer
 
+    dist.init_process_group(backend="gloo")  # the launcher's job: the trainer only reads the group
     rank = int(os.environ["RANK"])
     cfg = TrainConfig(steps=6, batch_size=32, lr=1e-2, seed=3, log_every=1)
     # different initial weights per rank: DDP must broadcast rank 0's
@@ -43,4 +44,5 @@ if __name__ == "__main__":
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
     straight.close()
-    dist.destroy_process_group() if dist.is_initialized() else None
+    assert dist.is_initialized()  # closing a trainer leaves the group to its creator
+    dist.destroy_process_group()

@@ -320,3 +320,29 @@ def test_stream_errors():
         s.load_state_dict(other)
     with pytest.raises(ValueError, match="does not match this stream"):
         s.load_state_dict(D.DataStream(D.moons, 2).state_dict())
+
+
+def test_binary_file_named_csv_is_refused_in_scoresdes_words(tmp_path):
+    f = tmp_path / "image.csv"
+    f.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    for load in (D.load_file, D.get_dataset, D.data_source):
+        with pytest.raises(ValueError) as info:
+            load(f)
+        assert type(info.value) is ValueError      # not a bare UnicodeDecodeError
+        msg = str(info.value)
+        assert str(f) in msg and "not a text CSV file" in msg
+        assert ".npy (a NumPy array), .pt (a tensor saved with torch.save) or .csv" in msg
+
+
+def test_data_source_is_the_one_dispatch(tmp_path):
+    x = torch.randn(6, 2, generator=gen(0))
+    assert D.data_source(x) is x and D.data_source(D.moons) is D.moons
+    assert D.data_source("ring8")(3, generator=gen(0)).shape == (3, 2)
+    np.save(tmp_path / "a.npy", np.ones((4, 3)))
+    assert D.data_source(tmp_path / "a.npy").shape == (4, 3) == D.data_source(str(tmp_path / "a.npy")).shape
+    with pytest.raises(ValueError, match="unknown data set 'mnist'"):
+        D.data_source("mnist")
+    with pytest.raises(FileNotFoundError):
+        D.data_source("missing.npy")
+    with pytest.raises(TypeError, match="data must be a tensor, a data set name or path, or a sampling"):
+        D.data_source(3.5)

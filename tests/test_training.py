@@ -492,6 +492,20 @@ def test_ddp_two_processes(tmp_path):
     assert sorted(os.listdir(tmp_path / "straight")) == ["checkpoint.pt", "loss.csv"]
 
 
+@pytest.mark.skipif(not _torchrun_available(), reason="torch.distributed.run / gloo unavailable")
+def test_entry_point_creates_the_process_group_under_torchrun(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
+           "scoresde.training", "--data", "moons", "--steps", "4", "--batch-size", "16", "--hidden", "8",
+           "--checkpoint-every", "2", "--out", str(out), "--no-progress"]
+    res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("trained 4 steps (now at step 4)") == 1     # rank 0 reports
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2 and ckpt["step"] == 4
+    assert sorted(os.listdir(out)) == ["checkpoint.pt"]   # rank 0 alone wrote, no temp files left
+
+
 def test_main_entry_point(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--data", "8gaussians", "--steps", "4", "--batch-size", "32", "--out", str(out),
@@ -518,3 +532,225 @@ def test_cli_module_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
     shutil.rmtree(tmp_path)
+
+
+# -- the package layout, the process group and the entry point --------------------------------
+def test_package_layout_keeps_every_name():
+    from scoresde.training import checkpoint, config, ema, launch, recipes, trainer
+
+    for name in T.__all__:
+        assert getattr(T, name) is not None
+    assert T.Trainer is trainer.Trainer is sd.Trainer and T.TrainConfig is config.TrainConfig
+    assert T.EMA is ema.EMA and T.CheckpointError is checkpoint.CheckpointError is sd.CheckpointError
+    assert T.load_checkpoint is sd.load_checkpoint and T.main is launch.main
+    assert T.train_model is recipes.train_model and T.FORMAT_VERSION == checkpoint.FORMAT_VERSION == 1
+
+
+def test_one_recipe_for_both_entry_points():
+    from scoresde import cli
+
+    # the CLI's names are the recipe's, and both parsers read the same defaults
+    assert cli.TRAIN_DEFAULTS is T.TRAIN_DEFAULTS and cli.train_config is T.train_config
+    cfg = T.train_config(1000)
+    assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.decay_steps, cfg.checkpoint_every) == (
+        1000, 512, 2e-3, 100, 900, 1000)
+    assert T.train_config(50, warmup=0, ema_decay=0.5, batch_size=8, lr=0.1).decay_steps == 50
+    parsed = cli.build_parser().parse_args(["train", "--data", "moons", "--out", "x"])
+    import argparse
+
+    alone = argparse.ArgumentParser()
+    cli.add_train_arguments(alone)
+    assert vars(alone.parse_args(["--data", "moons", "--out", "x"])) == {
+        k: v for k, v in vars(parsed).items() if k != "command"}
+    d = T.TRAIN_DEFAULTS
+    assert (parsed.steps, parsed.batch_size, parsed.lr, parsed.warmup, parsed.ema_decay, parsed.hidden,
+            parsed.sde, parsed.checkpoint_every) == (d["steps"], d["batch_size"], d["lr"], d["warmup"],
+                                                     d["ema_decay"], d["hidden"], d["sde"],
+                                                     d["checkpoint_every"])
+
+
+def test_train_model_saves_once_at_the_end(tmp_path, monkeypatch):
+    from scoresde.training import trainer as trainer_module
+
+    written = []
+    real = trainer_module.save_checkpoint
+
+    def counting(obj, path):
+        written.append(obj["step"])
+        real(obj, path)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", counting)
+    cfg = TrainConfig(steps=5, batch_size=16, checkpoint_every=0)
+    tr = T.train_model("moons", tmp_path / "a", config=cfg, hidden=8, progress=False)
+    assert written == [5] and tr.step == 5 and tr.resumed_step is None
+    written.clear()
+    cfg = TrainConfig(steps=6, batch_size=16, checkpoint_every=3)
+    T.train_model("moons", tmp_path / "b", config=cfg, hidden=8, progress=False)
+    assert written == [3, 6]          # the periodic checkpoint at the last step is the final one
+    written.clear()
+    tr = T.train_model("moons", tmp_path / "b", config=cfg, hidden=8, progress=False, resume=True)
+    assert written == [] and tr.step == 6 and tr.resumed_step == 6   # complete: nothing rewritten
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ckpt["metadata"]["data"] == "moons" and ckpt["metadata"]["model"]["hidden"] == 8
+
+
+def test_train_model_accepts_every_data_kind(tmp_path):
+    cfg = TrainConfig(steps=2, batch_size=8)
+    pts = torch.randn(40, 3, generator=gen(0)) * 5 + 2
+    tr = T.train_model(pts, tmp_path / "t", config=cfg, hidden=8, progress=False)
+    spec = load_checkpoint(tr.checkpoint_path)["metadata"]["model"]
+    assert spec["event_shape"] == [3] and spec["shift"] == pytest.approx(pts.double().mean(0).tolist())
+    tr = T.train_model(sd.ring8().sample, tmp_path / "f", config=cfg, hidden=8, progress=False,
+                       data_name="ring8 sampler")
+    assert load_checkpoint(tr.checkpoint_path)["metadata"]["data"] == "ring8 sampler"
+
+
+def test_trainer_reads_the_process_group_but_never_creates_it(monkeypatch, tmp_path):
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="WORLD_SIZE is 2 but no torch.distributed process group"):
+        tiny_trainer(None)
+    assert not dist.is_initialized()
+    # an initialised group (here of one process) is what the trainer reads, whatever the env says
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        from scoresde.training.launch import process_group
+
+        with process_group(torch.device("cpu")):   # a group exists: left to its creator
+            tr = tiny_trainer(tmp_path / "run", steps=2)
+            tr.train()
+            tr.close()
+        assert dist.is_initialized() and (tr.rank, tr.world_size) == (0, 1)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_process_group_is_created_and_destroyed_by_the_entry_point(monkeypatch):
+    import torch.distributed as dist
+
+    from scoresde.training.launch import process_group
+
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append(("destroy",)))
+    with process_group(torch.device("cpu")):       # a single process: nothing to create
+        pass
+    assert calls == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(KeyError), process_group(torch.device("cpu")):
+        assert calls == [("init", "gloo")]
+        raise KeyError("a failure while training")
+    assert calls == [("init", "gloo"), ("destroy",)]   # destroyed even after an error
+
+
+def test_resolve_device():
+    from scoresde.training.launch import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") == resolve_device(torch.device("cpu"))
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ["gpu0", 3.5, "xla"]:
+        with pytest.raises(ValueError, match="device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda' is not available: .*use device 'cpu'"):
+            resolve_device("cuda")
+        with pytest.raises(ValueError, match="device 'cuda'"):
+            T.train_model("moons", "unused", device="cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="device 'mps' is not available"):
+            resolve_device("mps")
+
+
+# -- a run folder is never overwritten unless asked; errors in the user's terms ----------------
+def test_trainer_refuses_a_folder_that_holds_a_run(tmp_path):
+    first = tiny_trainer(tmp_path, steps=6, log_every=2)
+    first.train()
+    ckpt_bytes = (tmp_path / "checkpoint.pt").read_bytes()
+    log = (tmp_path / "loss.csv").read_text()
+    assert T.trainer.run_files(tmp_path) == ["checkpoint.pt", "loss.csv"]
+    for act in (lambda tr: tr.train(), lambda tr: tr.save()):
+        fresh = tiny_trainer(tmp_path, steps=4, log_every=2)
+        with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoint.pt, loss.csv\); "
+                                                  r"call resume\(\) to continue it, or pass overwrite=True"):
+            act(fresh)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == ckpt_bytes
+    assert (tmp_path / "loss.csv").read_text() == log
+    # resuming another checkpoint into this folder is no licence to write over its run either
+    other = tiny_trainer(tmp_path / "o", steps=2)
+    other.train()
+    moved = tiny_trainer(tmp_path, steps=4).resume(tmp_path / "o" / "checkpoint.pt")
+    with pytest.raises(FileExistsError):
+        moved.train()
+    assert (tmp_path / "loss.csv").read_text() == log
+    # overwrite=True starts clean: the old log is gone, not appended to
+    clean = Trainer(TinyScore(), "8gaussians", TrainConfig(steps=4, batch_size=16, log_every=2),
+                    loss_fn=toy_loss, out_dir=tmp_path, progress=False, overwrite=True)
+    clean.train()
+    rows = (tmp_path / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+    # a log without a checkpoint (a run killed before its first checkpoint) is a run too
+    (tmp_path / "checkpoint.pt").unlink()
+    with pytest.raises(FileExistsError, match=r"\(loss.csv\)"):
+        tiny_trainer(tmp_path, steps=2).train()
+
+
+def test_train_model_refuses_or_overwrites(tmp_path):
+    cfg = TrainConfig(steps=3, batch_size=16, log_every=1)
+    T.train_model("moons", tmp_path, config=cfg, hidden=8, progress=False)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        T.train_model("moons", tmp_path, config=cfg, hidden=8, progress=False)
+    tr = T.train_model("moons", tmp_path, config=TrainConfig(steps=2, batch_size=16, log_every=1),
+                       hidden=8, progress=False, overwrite=True)
+    assert tr.step == 2 and len((tmp_path / "loss.csv").read_text().splitlines()) == 3
+
+
+def test_zero_steps_are_refused():
+    with pytest.raises(ValueError, match=r"steps must be >= 1 \(a run of 0 steps would only write an "
+                                         r"untrained model\), got 0"):
+        TrainConfig(steps=0)
+    with pytest.raises(CheckpointError, match="invalid config"):   # nor resumed into a 0-step run
+        T.checkpoint.checkpoint_config({"config": {"steps": 0}}, "x.pt")
+
+
+def test_resume_mismatches_speak_the_users_language(tmp_path):
+    from scoresde.training import train_config
+
+    kw = dict(hidden=8, progress=False)
+    T.train_model("moons", tmp_path / "a", config=train_config(30, batch_size=16, warmup=5), **kw)
+    with pytest.raises(CheckpointError, match=r"--steps differs \(the run's learning rate decays over its "
+                                              r"--steps 30\)"):
+        T.train_model("moons", tmp_path / "a", config=train_config(40, batch_size=16, warmup=5), resume=True, **kw)
+    with pytest.raises(CheckpointError, match=r"--batch-size differs \(the run used 16\).*--seed differs"):
+        T.train_model("moons", tmp_path / "a", config=train_config(30, batch_size=32, seed=1, warmup=5), resume=True,
+                      **kw)
+    with pytest.raises(CheckpointError, match=r"trained on different data \(the run was trained on 'moons', "
+                                              r"this one on '8gaussians'\)"):
+        T.train_model("8gaussians", tmp_path / "a", config=train_config(30, batch_size=16, warmup=5), resume=True, **kw)
+    with pytest.raises(CheckpointError, match=r"the model differs from the run's \(hidden 8 vs 16; .*--hidden"):
+        T.train_model("moons", tmp_path / "a", config=train_config(30, batch_size=16, warmup=5), resume=True,
+                      hidden=16, progress=False)
+    pts = torch.randn(50, 2, generator=gen(0))
+    T.train_model(pts, tmp_path / "t", config=train_config(4, batch_size=16, warmup=5), **kw)
+    with pytest.raises(CheckpointError, match="trained on different data .*mean or spread differs"):
+        T.train_model(pts * 3, tmp_path / "t", config=train_config(4, batch_size=16, warmup=5), resume=True, **kw)
+    # without a model spec: the data stream's kind and size are compared
+    tr = tiny_trainer(tmp_path / "s", data=pts, steps=2)
+    tr.train()
+    with pytest.raises(CheckpointError, match=r"trained on different data \(the run drew from a fixed set "
+                                              r"of 50 rows, this one from a fixed set of 60 rows\)"):
+        tiny_trainer(None, data=torch.randn(60, 2), steps=2).resume(tr.checkpoint_path)
+    with pytest.raises(CheckpointError, match=r"from a fixed set of 50 rows, this one from a generated set"):
+        tiny_trainer(None, steps=2).resume(tr.checkpoint_path)
+
+
+def test_a_text_file_is_not_a_checkpoint(tmp_path):
+    csv = tmp_path / "points.csv"
+    csv.write_text("x,y\n1.0,2.0\n3.5,-1.25\n")
+    with pytest.raises(CheckpointError, match=r"not a scoresde checkpoint \(a text file; checkpoints are") as e:
+        load_checkpoint(csv)
+    assert "code" not in str(e.value) and str(csv) in str(e.value)
+    (tmp_path / "utf8.txt").write_bytes(("é" * 300).encode())   # multi-byte text cut at 512 bytes
+    with pytest.raises(CheckpointError, match="a text file"):
+        load_checkpoint(tmp_path / "utf8.txt")
