@@ -397,6 +397,15 @@ class UNet(nn.Module):
 # -- parameterisations -----------------------------------------------------------------------
 
 
+def _param_dtype(net) -> torch.dtype | None:
+    """The floating dtype of a module's first parameter (``None`` for a plain callable)."""
+    if isinstance(net, nn.Module):
+        for p in net.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
 class ScoreModel(nn.Module):
     r"""A network ``net(x, t)`` read as a score function through the SDE's marginals.
 
@@ -434,7 +443,10 @@ class ScoreModel(nn.Module):
     through the score).
 
     What the network sees: ``net(x, t / T)`` (time normalised to ``[0, 1]``) when
-    ``normalize_time=True`` (default), else ``net(x, t)``.
+    ``normalize_time=True`` (default), else ``net(x, t)``. The network runs in the dtype of its
+    parameters: float64 states (for an accurate likelihood or sampler) are cast to a float32
+    network's dtype for the call, and its output is cast back, so the returned prediction
+    always has the dtype of ``x``.
 
     Parameters
     ----------
@@ -492,7 +504,12 @@ class ScoreModel(nn.Module):
             raise ValueError(f"x must have shape (batch, *event_shape), got {tuple(x.shape)}")
 
     def _net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.net(x, t / self.sde.T if self.normalize_time else t)
+        t = t / self.sde.T if self.normalize_time else t
+        dtype = _param_dtype(self.net)
+        if dtype is not None and dtype != x.dtype:  # e.g. float64 states, float32 weights
+            out = self.net(x.to(dtype), t.to(dtype)).to(x.dtype)
+        else:
+            out = self.net(x, t)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"net output must have the shape of x {tuple(x.shape)}, got {got}")
