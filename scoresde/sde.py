@@ -441,9 +441,10 @@ class VPSDE(_LinearBetaSDE):
         i = torch.arange(N, dtype=torch.float64)
         betas = self.beta_min / N + i * (self.beta_max - self.beta_min) / (N * (N - 1))
         if float(betas.max()) > 0.999:  # Nichol & Dhariwal's bound; β → 1 makes 1/√α_i blow up
+            n_min = max(2, math.ceil(self.beta_max / 0.999 - 1e-9))  # the largest beta_i is beta_max/N
             raise ValueError(
-                f"N={N} is too small: the largest beta_i ≈ beta_max/N must be <= 0.999, got "
-                f"{float(betas.max()):.6g}"
+                f"N={N} is too small: the largest beta_i = beta_max/N must be <= 0.999, got "
+                f"{float(betas.max()):.6g}; the smallest N that works is {n_min} (ddpm: steps >= {n_min})"
             )
         return DiscreteSchedule(betas=betas, times=(i + 1) * self.T / N)
 
