@@ -18,6 +18,8 @@ import importlib
 
 from . import data, losses, metrics, nets, samplers
 from ._runtime import NonFiniteError
+from .binomial import BinomialDiffusion
+from .elbo import ELBOResult, ddpm_elbo, elbo
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import (
     ddpm_loss,
@@ -107,6 +109,10 @@ __all__ = [
     "NonFiniteError",
     "log_likelihood",
     "bits_per_dim",
+    "elbo",
+    "ddpm_elbo",
+    "ELBOResult",
+    "BinomialDiffusion",
     "ScoreMLP",
     "UNet",
     "ScoreModel",

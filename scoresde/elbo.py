@@ -549,7 +549,8 @@ def ddpm_elbo(
     variance: str = "beta",
     decoder: str = "gaussian",
     n_terms: int | None = None,
-    n_samples: int = 4,
+    n_samples: int = 8,
+    control_variate: bool = True,
     score_time: str = "matched",
     n_bins: int | None = None,
     data_range: tuple[float, float] = (-1.0, 1.0),
@@ -612,6 +613,12 @@ def ddpm_elbo(
     n_samples : int
         Independent draws per sample (>= 2); ``stderr`` is their standard deviation over
         :math:`\sqrt{n}`. Each draw takes one :math:`x_i \sim q(x_i\mid x_0)` per evaluated step.
+    control_variate : bool
+        Subtract from every Gaussian term :math:`c_i(\|z_i\|^2 - d)`, of mean zero, where
+        :math:`z_i` is the noise of its :math:`x_i` and :math:`c_i` the coefficient of
+        :math:`\|z_i\|^2` in that term for data of unit variance and the exact score (the same
+        construction as in :func:`elbo`). Unbiased for any data; it removes most of the
+        variance of the terms near :math:`i = 1`.
     score_time : {"matched", "grid"}
         Time :math:`\tau_i` at which ``score_fn`` is asked about :math:`x_i`: ``"matched"``
         (default) the time with the chain's log-SNR, :math:`\lambda(\tau_i) =
@@ -647,7 +654,7 @@ def ddpm_elbo(
     >>> res = sd.ddpm_elbo(sde, target.score_fn(sde), x, steps=100,
     ...                    generator=torch.Generator().manual_seed(1))
     >>> bool((res.elbo < target.log_prob(x) + 3 * res.stderr).all()), res.nfe
-    (True, 400)
+    (True, 800)
     """
     _check_common(sde, score_fn, x, generator)
     if not callable(getattr(sde, "discretize", None)):
@@ -688,6 +695,10 @@ def ddpm_elbo(
         tau = sched.times.to(torch.float64)
     c0 = abar_prev.sqrt() * betas / (1 - abar)
     c1 = alphas.sqrt() * (1 - abar_prev) / (1 - abar)
+    # control variate: coefficient of ‖z‖² in each term for unit-variance data and the exact score
+    # (with s_θ = 0 the z-part of μ̃ - μ_θ is -β_i z/(√α_i σ_i); the exact score of N(0, I) keeps ᾱ_i of it)
+    cv = betas**2 / (alphas * (1 - abar) * 2 * var) * abar**2
+    cv_dec = float((1 - abar[0]) / (2 * alphas[0] * var[0]) * abar[0] ** 2)
 
     B, event, dtype = x.shape[0], tuple(x.shape[1:]), x.dtype
     d = x[0].numel()
@@ -735,11 +746,16 @@ def ddpm_elbo(
         mut = c0[j][..., None] * x0[:, None, :] + c1[j][..., None] * xi
         rho = btil[j] / var[j]
         kl = 0.5 * (d * (rho - 1 - torch.log(rho)) + (mut - mu).square().sum(-1) / var[j])
+        zz = z.square().sum(-1) - d
+        if control_variate:
+            kl = kl - cv[j] * zz
         value = -(kl[:, 1:] * weight).sum(1)
         # L_0: the decoder
         std0 = math.sqrt(float(var[0]))
         if decoder == "gaussian":
             rec = -0.5 * d * math.log(2 * math.pi * std0**2) - (x0 - mu[:, 0]).square().sum(-1) / (2 * std0**2)
+            if control_variate:
+                rec = rec + cv_dec * zz[:, 0]
         else:
             half = (hi - lo) / (2 * (n_bins - 1))
             rec = _log_prob_bin(x0, mu[:, 0], std0, half, lo, hi).sum(-1)
@@ -753,7 +769,8 @@ def ddpm_elbo(
         else:
             zN = _draw("randn", (R, d), generator)
             xN = math.sqrt(aN) * x0 + math.sqrt(1 - aN) * zN
-            value = value + sde.prior_log_prob(xN).to(torch.float64) + 0.5 * d * math.log(2 * math.pi * math.e * (1 - aN))
+            entropy = 0.5 * d * math.log(2 * math.pi * math.e * (1 - aN))
+            value = value + sde.prior_log_prob(xN).to(torch.float64) + entropy
         m, se = _estimate(value.reshape(n, n_samples), stratified=False)
         means.append(m)
         errs.append(se)
