@@ -217,9 +217,11 @@ def _uniforms(n: int, K: int, stratified: bool, generator) -> torch.Tensor:
 
 def _call(counted: CountingScore, x: torch.Tensor, t: torch.Tensor, shape, dtype) -> torch.Tensor:
     """``score_fn`` on float64 rows ``x`` ``(rows, d)``: reshaped to the event shape, cast to
-    the data dtype; the result flattened back to float64 ``(rows, d)``."""
+    the data dtype; the result flattened back to float64 ``(rows, d)``. No autograd graph is
+    built (a score that needs gradients inside, e.g. guidance, enables them itself)."""
     xs = x.reshape(x.shape[0], *shape).to(dtype)
-    out = counted(xs, t.to(dtype))
+    with torch.no_grad():
+        out = counted(xs, t.to(dtype))
     return out.reshape(x.shape[0], -1)
 
 
