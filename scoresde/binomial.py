@@ -41,7 +41,10 @@ def _bernoulli_kl(q: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 
 class BinomialDiffusion:
-    r"""The binomial diffusion chain on :math:`\{0, 1\}^d` (Sohl-Dickstein et al. 2015, §2.4, App. B).
+    r"""The binomial diffusion chain on :math:`\{0, 1\}^d` of Sohl-Dickstein et al. (2015).
+
+    Their section 2.4 and appendix B; the kernel, marginals and posterior are in the module
+    docstring.
 
     Parameters
     ----------
@@ -274,8 +277,10 @@ def heartbeat_patterns(length: int = 20, period: int = 5) -> torch.Tensor:
 
 
 def heartbeats(n: int, length: int = 20, period: int = 5, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` binary 'heartbeat' sequences (Sohl-Dickstein et al. 2015, Fig. 2): a pulse every ``period`` bins,
-    the phase uniform over ``0..period-1``. Shape ``(n, length)``, 0/1 floats.
+    """``n`` binary 'heartbeat' sequences, the example of Sohl-Dickstein et al. (2015, figure 2).
+
+    A pulse every ``period`` bins, the phase uniform over ``0..period-1``. Shape ``(n, length)``,
+    0/1 floats.
 
     Examples
     --------

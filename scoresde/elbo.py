@@ -558,7 +558,7 @@ def ddpm_elbo(
     data_range: tuple[float, float] = (-1.0, 1.0),
     generator: torch.Generator | None = None,
 ) -> ELBOResult:
-    r"""Variational bound of the discrete chain ``sde.discretize(steps)`` (Ho et al. 2020, eq. 5).
+    r"""Variational bound of the discrete DDPM chain ``sde.discretize(steps)`` (Ho et al. 2020).
 
     The chain :math:`q(x_i\mid x_{i-1}) = \mathcal N(\sqrt{\alpha_i}x_{i-1}, \beta_i I)`,
     :math:`i = 1..N`, is reversed by :math:`p_\theta(x_{i-1}\mid x_i) = \mathcal N(\mu_\theta,
