@@ -19,6 +19,8 @@ import importlib
 from . import data, losses, metrics, nets, predict, samplers, stepping
 from . import sde as _sde_module
 from ._runtime import NonFiniteError
+from .binomial import BinomialDiffusion
+from .elbo import ELBOResult, ddpm_elbo, elbo
 from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from .losses import (
     ddpm_loss,
@@ -112,6 +114,10 @@ __all__ = [
     "flow_likelihood",
     "LikelihoodResult",
     "bits_per_dim",
+    "elbo",
+    "ddpm_elbo",
+    "ELBOResult",
+    "BinomialDiffusion",
     "ScoreMLP",
     "UNet",
     "ScoreModel",
