@@ -343,6 +343,8 @@ def add_sample_parser(subparsers) -> None:
                    help="sampler steps (time intervals; default 100)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
     p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                   help="progress bar on stderr (default off)")
     p.add_argument("--data-overlay", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the training data recorded in the checkpoint behind the samples of a .png "
                         "(default on)")
@@ -367,7 +369,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     shape = (args.n, *spec["event_shape"])
     start = time.perf_counter()
     out = sample(model.sde, model, shape, args.sampler, steps=args.steps,
-                 generator=torch.Generator().manual_seed(args.seed))
+                 generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
     seconds = time.perf_counter() - start
     x = from_model_space(out.samples, spec)
     reference = None
@@ -521,7 +523,8 @@ def add_compare_parser(subparsers) -> None:
     p.add_argument("--memory", choices=("rss", "tracemalloc", "none"), default="rss",
                    help="how to measure peak memory on the CPU (default rss)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNGs")
-    p.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                   help="progress bar on stderr (default off)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     p.set_defaults(func=cmd_compare)
 

@@ -344,3 +344,14 @@ def test_run_folder_message_without_a_readable_checkpoint(tmp_path, capsys):
     tr.train()
     tr.save(tmp_path / "custom.pt")                       # a Python run records no data name
     assert _training_data(tmp_path / "custom.pt", 10, 0) is None
+
+
+def test_every_command_has_one_progress_convention():
+    from scoresde.cli import build_parser
+
+    parser = build_parser()
+    required = {"train": ["--data", "moons", "--out", "x"], "sample": ["--checkpoint", "c", "--out", "o.png"],
+                "demo": [], "compare": ["--out", "d"]}
+    for cmd, args in required.items():
+        assert parser.parse_args([cmd, *args, "--progress"]).progress is True, cmd
+        assert parser.parse_args([cmd, *args, "--no-progress"]).progress is False, cmd
