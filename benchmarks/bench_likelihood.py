@@ -188,12 +188,7 @@ def main(argv=None) -> int:
         print(table)
         meta = {"batch": args.batch, "threads": args.threads, "reps": args.reps,
                 "torch": torch.__version__}
-        out = json.dumps({"meta": meta, "rows": rows}, indent=1)
-        print(out)
-        if args.json:
-            with open(args.json, "w") as fh:
-                fh.write(out)
-        return 0
+        return _write_json(meta, rows, args.json)
 
     sde = sd.VPSDE()
     targets = [("imbalanced_2d", sd.imbalanced_2d()), ("mixture_10d", mixture_10d())]
@@ -222,10 +217,15 @@ def main(argv=None) -> int:
               f"{r['nfe']:>7d}{r['ms']:>9.0f}")
     meta = {"sde": repr(sde), "batch": args.batch, "threads": args.threads, "eps": 1e-5,
             "torch": torch.__version__}
+    return _write_json(meta, rows, args.json)
+
+
+def _write_json(meta: dict, rows: list[dict], path: str | None) -> int:
+    """Print the JSON of a run and, with ``path``, also write it there."""
     out = json.dumps({"meta": meta, "rows": rows}, indent=1)
     print(out)
-    if args.json:
-        with open(args.json, "w") as fh:
+    if path:
+        with open(path, "w") as fh:
             fh.write(out)
     return 0
 
