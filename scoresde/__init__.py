@@ -16,7 +16,7 @@ The public surface (see the API reference):
 
 import importlib
 
-from . import data, losses, metrics, nets, predict, samplers, stepping
+from . import data, interop, losses, metrics, nets, predict, samplers, stepping
 from ._runtime import NonFiniteError
 from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from .losses import (
@@ -36,6 +36,7 @@ from .sde import (
     VPSDE,
     CosineVPSDE,
     DiscreteSchedule,
+    DiscreteVPSDE,
     LinearSDE,
     ReverseSDE,
     SubVPSDE,
@@ -88,6 +89,7 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "CosineVPSDE",
+    "DiscreteVPSDE",
     "ReverseSDE",
     "DiscreteSchedule",
     "SDE_NAMES",
@@ -124,6 +126,7 @@ __all__ = [
     "load_checkpoint",
     "compare",
     "data",
+    "interop",
     "losses",
     "nets",
     "plotting",
