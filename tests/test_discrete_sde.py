@@ -88,6 +88,8 @@ def test_log_snr_inverse_and_timesteps_both_ways():
     assert sde.time_to_timestep(0.5).ndim == 0 and float(sde.time_to_timestep(0.5)) == 24.0
     assert sde.time_to_timestep(torch.ones(2, 3)).shape == (2, 3)
     assert float(sde.timestep_to_time(0)) == 1 / 50
+    assert sde.timestep_to_time(torch.tensor([], dtype=torch.int64)).numel() == 0
+    assert sde.time_to_timestep(torch.tensor([])).numel() == 0
 
 
 @pytest.mark.parametrize("call, match", [

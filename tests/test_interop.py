@@ -256,7 +256,8 @@ def test_a_pipeline_and_saved_directories_load_the_same_model(dif, unet, tmp_pat
     x, t = X_T, torch.full((4,), 0.5)
     _, ref = from_diffusers(unet, sched)
     for source, scheduler in ((pipe, None), (str(tmp_path / "pipe"), None), (tmp_path / "model", None),
-                              (tmp_path / "bare", tmp_path / "sched"), (tmp_path / "pipe", str(tmp_path / "pipe"))):
+                              (tmp_path / "bare", tmp_path / "sched"), (tmp_path / "pipe", str(tmp_path / "pipe")),
+                              (pipe, tmp_path / "sched")):
         sde, fn = from_diffusers(source, scheduler)
         assert fn.parameterization == "v" and torch.equal(sde.alphas_cumprod, sched.alphas_cumprod.double())
         with torch.no_grad():
