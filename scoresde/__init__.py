@@ -16,7 +16,7 @@ The public surface (see the API reference):
 
 import importlib
 
-from . import data, losses, metrics, nets, predict, samplers, stepping
+from . import data, interop, losses, metrics, nets, predict, samplers, stepping
 from . import sde as _sde_module
 from ._runtime import NonFiniteError
 from .binomial import BinomialDiffusion
@@ -38,6 +38,7 @@ from .sde import (
     VPSDE,
     CosineVPSDE,
     DiscreteSchedule,
+    DiscreteVPSDE,
     LinearSDE,
     ReverseSDE,
     SubVPSDE,
@@ -93,6 +94,7 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "CosineVPSDE",
+    "DiscreteVPSDE",
     "ReverseSDE",
     "DiscreteSchedule",
     "SDE_NAMES",
@@ -133,6 +135,7 @@ __all__ = [
     "load_checkpoint",
     "compare",
     "data",
+    "interop",
     "losses",
     "nets",
     "plotting",

@@ -374,6 +374,11 @@ class PredictorCorrector(Sampler):
         return bool(self.predictor.evaluates_at_end)
 
     @property
+    def zero_noise_end(self) -> bool:
+        """The predictor's (the corrector only needs s and σ at the step's start)."""
+        return bool(self.predictor.zero_noise_end)
+
+    @property
     def default_grid(self):
         """The predictor's default grid."""
         return self.predictor.default_grid
