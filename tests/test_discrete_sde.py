@@ -209,5 +209,8 @@ def test_the_likelihood_on_the_discrete_sde_is_the_exact_log_density():
     sde = _sde()
     x = TARGET.sample(4, generator=torch.Generator().manual_seed(4)).double()
     p_T = TARGET.marginal(sde, 1.0)
-    logp = sd.log_likelihood(sde, TARGET.score_fn(sde), x, rtol=1e-5, atol=1e-5, prior_log_prob=p_T.log_prob)
+    # scipy's RK45: the torch dopri5 default (per-sample error control) is ~30x less accurate
+    # across the rate's jumps at equal tolerance (1e-2 at 1e-5, 2e-3 at 1e-6), a known issue
+    logp = sd.log_likelihood(sde, TARGET.score_fn(sde), x, rtol=1e-5, atol=1e-5, prior_log_prob=p_T.log_prob,
+                             method="RK45")
     assert float((logp - TARGET.log_prob(x)).abs().max()) < 2e-3
