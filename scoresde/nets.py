@@ -760,9 +760,7 @@ class ConditionalScore:
     def __init__(self, model: ScoreModel, y, weight: float = 0.0):
         if not isinstance(model, ScoreModel):
             raise TypeError(f"model must be a ScoreModel, got {type(model).__name__}")
-        weight = check_positive("weight", weight, strict=False)
-        if not math.isfinite(weight):
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        weight = check_positive("weight", weight, strict=False)  # finite and >= 0
         k = model.num_classes
         if k is None and (y is not None or weight != 0):
             what = "a label y" if y is not None else "guidance (weight > 0)"

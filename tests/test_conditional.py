@@ -372,3 +372,108 @@ def test_train_model_conditional_needs_labels(tmp_path):
     trainer = train_model(xy, tmp_path / "c", config=TrainConfig(steps=1, batch_size=4), hidden=8,
                           progress=False, conditional=True)
     assert trainer.metadata["model"]["num_classes"] == 2  # the largest label + 1
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def _one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for f in fragments:
+        assert f in err, err
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    from scoresde.cli import main
+
+    root = tmp_path_factory.mktemp("cond")
+    tiny = ["--steps", "4", "--batch-size", "16", "--hidden", "16", "--no-progress"]
+    assert main(["train", "--data", "ring8", "--conditional", "--label-dropout", "0.2",
+                 "--out", str(root / "cond"), *tiny]) == 0
+    assert main(["train", "--data", "ring8", "--out", str(root / "plain"), *tiny]) == 0
+    return root
+
+
+def test_cli_train_conditional_records_classes_and_dropout(cli_runs):
+    model, spec = load_model(cli_runs / "cond" / "checkpoint.pt")
+    assert spec["num_classes"] == 8 and model.num_classes == 8
+    ckpt = sd.load_checkpoint(cli_runs / "cond" / "checkpoint.pt")
+    assert ckpt["config"]["label_dropout"] == 0.2
+    assert load_model(cli_runs / "plain" / "checkpoint.pt")[1]["num_classes"] is None
+
+
+def test_cli_sample_label_and_guidance(cli_runs, tmp_path, capsys):
+    from scoresde.cli import main
+
+    ckpt = str(cli_runs / "cond" / "checkpoint.pt")
+    base = ["sample", "--checkpoint", ckpt, "--n", "32", "--steps", "5", "--sampler", "ddim"]
+    assert main([*base, "--label", "3", "--guidance", "2.0", "--out", str(tmp_path / "g.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "class 3, guidance 2" in out and "5 NFE = 10 network evaluations" in out
+    assert main([*base, "--label", "3", "--out", str(tmp_path / "c.npy")]) == 0
+    assert "class 3 with ddim (5 NFE," in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "u.npy")]) == 0
+    assert "unconditional" in capsys.readouterr().out
+    # the files hold what the model's score functions give, mapped to data space
+    import numpy as np
+
+    from scoresde.training import from_model_space
+
+    model, spec = load_model(ckpt)
+    want = sd.sample(model.sde, model.guided(3, 2.0), (32, 2), "ddim", steps=5, generator=gen(0)).samples
+    got = torch.from_numpy(np.load(tmp_path / "g.npy"))
+    torch.testing.assert_close(got, from_model_space(want, spec))
+    want = sd.sample(model.sde, model.conditional(3), (32, 2), "ddim", steps=5, generator=gen(0)).samples
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "c.npy")), from_model_space(want, spec))
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--label", "8"], ["--label must be in 0..7 for this checkpoint (8 classes), got 8"]),
+        (["--guidance", "1.0"], ["--guidance needs --label"]),
+        (["--label", "1", "--guidance", "-1"], ["--guidance must be a finite number >= 0"]),
+        (["--label", "-1"], ["--label", "integer >= 0"]),
+    ],
+)
+def test_cli_sample_label_errors(cli_runs, tmp_path, capsys, args, fragments):
+    from scoresde.cli import main
+
+    argv = ["sample", "--checkpoint", str(cli_runs / "cond" / "checkpoint.pt"), "--out", str(tmp_path / "x.npy")]
+    assert main([*argv, *args]) == 2
+    _one_line_error(capsys, *fragments)
+
+
+def test_cli_label_needs_a_conditional_model_and_labelled_data(cli_runs, tmp_path, capsys):
+    from scoresde.cli import main
+
+    plain = str(cli_runs / "plain" / "checkpoint.pt")
+    assert main(["sample", "--checkpoint", plain, "--label", "1", "--out", str(tmp_path / "x.npy")]) == 2
+    _one_line_error(capsys, "--label needs a class-conditional checkpoint (scoresde train --conditional)")
+    assert main(["train", "--data", "moons", "--conditional", "--out", str(tmp_path / "m")]) == 2
+    _one_line_error(capsys, "--conditional needs labelled data", "digits")
+    assert main(["train", "--data", "ring8", "--conditional", "--label-dropout", "1.5",
+                 "--out", str(tmp_path / "r")]) == 2
+    _one_line_error(capsys, "label_dropout must lie in [0, 1]")
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--conditional" in text and "--label-dropout" in text
+    assert main(["sample", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--label" in text and "--guidance" in text and "classifier-free guidance" in text
+
+
+def test_cli_digits_conditional_image_grid(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    from scoresde.cli import main
+
+    run = tmp_path / "digits"
+    assert main(["train", "--data", "digits", "--conditional", "--steps", "2", "--batch-size", "8",
+                 "--no-progress", "--out", str(run)]) == 0
+    assert load_model(run / "checkpoint.pt")[1]["num_classes"] == 10
+    png = tmp_path / "threes.png"
+    assert main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--label", "3", "--guidance", "2",
+                 "--n", "4", "--steps", "2", "--sampler", "ddim", "--out", str(png)]) == 0
+    assert png.stat().st_size > 0 and "class 3, guidance 2" in capsys.readouterr().out
