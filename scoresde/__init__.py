@@ -17,7 +17,10 @@ The public surface (see the API reference):
 import importlib
 
 from . import data, losses, metrics, nets, predict, samplers, stepping
+from . import sde as _sde_module
 from ._runtime import NonFiniteError
+from .binomial import BinomialDiffusion
+from .elbo import ELBOResult, ddpm_elbo, elbo
 from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from .losses import (
     ddpm_loss,
@@ -31,7 +34,6 @@ from .samplers import SampleResult, sample
 from .sde import (
     OU,
     SDE,
-    SDE_NAMES,
     VESDE,
     VPSDE,
     CosineVPSDE,
@@ -51,6 +53,9 @@ from .targets import (
     ring8,
     target_names,
 )
+
+#: Short names of the built-in SDEs, accepted by :func:`make_sde` and by ``--sde`` on the command line.
+SDE_NAMES: tuple[str, ...] = _sde_module.SDE_NAMES
 
 # Heavy parts load on first use (PEP 562), so that ``import scoresde; sd.sample(...)`` imports
 # neither matplotlib nor the comparison harness nor the trainer (and its torch.distributed use).
@@ -109,6 +114,10 @@ __all__ = [
     "flow_likelihood",
     "LikelihoodResult",
     "bits_per_dim",
+    "elbo",
+    "ddpm_elbo",
+    "ELBOResult",
+    "BinomialDiffusion",
     "ScoreMLP",
     "UNet",
     "ScoreModel",

@@ -364,6 +364,8 @@ def add_sample_parser(subparsers) -> None:
                    help="classifier-free guidance weight w >= 0 with --label: the score (1+w) s(x,t,K) - w s(x,t); "
                         "each score call then costs two network evaluations (default 0: the conditional score)")
     p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                   help="progress bar on stderr (default off)")
     p.add_argument("--data-overlay", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the training data recorded in the checkpoint behind the samples of a .png "
                         "(default on)")
@@ -395,7 +397,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     shape = (args.n, *spec["event_shape"])
     start = time.perf_counter()
     out = sample(model.sde, score_fn, shape, args.sampler, steps=args.steps,
-                 generator=torch.Generator().manual_seed(args.seed))
+                 generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
     seconds = time.perf_counter() - start
     x = from_model_space(out.samples, spec)
     reference = None
@@ -448,6 +450,9 @@ def add_demo_parser(subparsers) -> None:
     p.add_argument("--sample-steps", type=_int_at_least(1), default=100,
                    help="steps of every fixed-step sampler (default 100)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
+    p.add_argument("--seeds", type=_int_at_least(1), default=3,
+                   help="seeds the metrics are averaged over, each with its own data sample, prior draw "
+                        "and sampling noise (default 3; standard errors need >= 2)")
     p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run of an earlier demo in OUT/run (otherwise refused)")
@@ -456,18 +461,100 @@ def add_demo_parser(subparsers) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _demo_table(model, spec: dict, draw, args) -> dict:
+    """Every sampler's SW2/MMD against the data over ``args.seeds`` seeds, and the noise floor."""
+    import torch
+
+    from . import metrics
+    from ._checks import derive_seed
+    from .compare import over_seeds, rank
+    from .compare.noise import standard_error
+    from .samplers import names as sampler_names
+    from .samplers import sample
+    from .training import from_model_space
+
+    data_of = {}
+
+    def data(seed: int):  # the seed's data sample and a fresh one for its floor
+        if seed not in data_of:
+            g = torch.Generator().manual_seed(derive_seed(seed, "demo", "data"))
+            data_of[seed] = (draw(args.n, generator=g), draw(args.n, generator=g))
+        return data_of[seed]
+
+    def scores(x, seed: int) -> dict:
+        g = torch.Generator().manual_seed(derive_seed(seed, "demo", "projections"))
+        ref = data(seed)[0]
+        return {"sw2": float(metrics.sliced_wasserstein(x, ref, generator=g)), "mmd": float(metrics.mmd(x, ref))}
+
+    floor = over_seeds(lambda s: scores(data(s)[1], s), args.seeds, args.seed)
+    floor_rec = {"sampler": "data (fresh sample)", "nfe": 0, "seconds": 0.0, "seeds": args.seeds,
+                 **floor["mean"], "spread": floor["spread"]}
+    records, samples = [], {}
+    for name in sampler_names():
+        t0, outs = time.perf_counter(), {}
+
+        def run(seed: int, name=name, outs=outs) -> dict:
+            out = sample(model.sde, model, (args.n, *spec["event_shape"]), name, steps=args.sample_steps,
+                         generator=torch.Generator().manual_seed(derive_seed(seed, "demo", name)))
+            outs[seed] = out
+            return scores(from_model_space(out.samples, spec), seed)
+
+        try:
+            summary = over_seeds(run, args.seeds, args.seed)
+        except (ValueError, RuntimeError, FloatingPointError) as err:  # report, keep going
+            records.append({"sampler": name, "nfe": None, "seconds": None, "sw2": None, "mmd": None,
+                            "error": f"{type(err).__name__}: {err}"})
+            continue
+        first = outs[args.seed]
+        records.append({"sampler": name, "target": args.data, "budget": args.sample_steps, "status": "ok",
+                        "nfe": first.nfe, "seconds": (time.perf_counter() - t0) / args.seeds,
+                        "seeds": args.seeds, **summary["mean"], "spread": summary["spread"],
+                        "noise_floor": floor["mean"], "noise_floor_spread": floor["spread"]})
+        samples[name] = from_model_space(first.samples, spec)
+    ranked = {r["sampler"]: r for r in rank([r for r in records if r["nfe"] is not None], metrics=("sw2", "mmd"))}
+    rows = [floor_rec | {"sw2_se": standard_error(floor_rec, "sw2"), "mmd_se": standard_error(floor_rec, "mmd")}]
+    for r in records:
+        if r["nfe"] is None:
+            rows.append(r)
+            continue
+        r = ranked[r["sampler"]]
+        marks = {m: r["noise_marks"][m]["vs_floor"] for m in ("sw2", "mmd")}
+        rows.append({k: r[k] for k in ("sampler", "nfe", "seconds", "seeds", "sw2", "mmd", "spread")}
+                    | {"sw2_se": standard_error(r, "sw2"), "mmd_se": standard_error(r, "mmd"), "vs_floor": marks})
+    titled = {}
+    for r in rows[1:]:
+        if r["nfe"] is not None:
+            mark = " ≈" if (r.get("vs_floor") or {}).get("sw2") == "≈" else ""
+            titled[f"{r['sampler']} ({r['nfe']} NFE){mark}"] = samples[r["sampler"]]
+    return {"rows": rows, "samples": titled, "reference": data(args.seed)[0]}
+
+
+def _demo_markdown(rows: list[dict], seeds: int) -> str:
+    def cell(mean, se) -> str:
+        return f"{mean:.4f}" if se is None else f"{mean:.4f} ± {se:.4f}"
+
+    lines = ["| sampler | NFE | wall time (s) | SW2 | MMD | vs floor (SW2, MMD) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["nfe"] is None:
+            lines.append(f"| {r['sampler']} | – | – | {r['error']} | | |")
+            continue
+        marks = r.get("vs_floor")
+        vs = "floor" if marks is None else ", ".join(marks[m] or "?" for m in ("sw2", "mmd"))
+        lines.append(f"| {r['sampler']} | {r['nfe']} | {r['seconds']:.2f} | {cell(r['sw2'], r['sw2_se'])} | "
+                     f"{cell(r['mmd'], r['mmd_se'])} | {vs} |")
+    if seeds < 2:
+        lines.append("")
+        lines.append("(one seed: no standard errors, so no difference can be called within or beyond noise)")
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train, sample with every sampler, score against fresh data, write figure and tables."""
     import json
 
-    import torch
-
-    from . import metrics
     from .data import dataset_sampler
     from .plotting import plot_samples
-    from .samplers import names as sampler_names
-    from .samplers import sample
-    from .training import from_model_space, load_model, train_model
+    from .training import load_model, train_model
 
     try:
         draw = dataset_sampler(args.data)
@@ -482,44 +569,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train_s = time.perf_counter() - start
     print(f"trained {trainer.step} steps on {args.data} in {train_s:.1f} s")
     model, spec = load_model(trainer.checkpoint_path)
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    data, fresh = draw(args.n, generator=gen), draw(args.n, generator=gen)
-    rows = [{"sampler": "data (fresh sample)", "nfe": 0, "seconds": 0.0,
-             "sw2": float(metrics.sliced_wasserstein(fresh, data, generator=gen)),
-             "mmd": float(metrics.mmd(fresh, data))}]
-    samples = {}
-    for name in sampler_names():
-        t0 = time.perf_counter()
-        try:
-            out = sample(model.sde, model, (args.n, *spec["event_shape"]), name,
-                         steps=args.sample_steps, generator=torch.Generator().manual_seed(args.seed))
-        except (ValueError, RuntimeError, FloatingPointError) as err:  # report, keep going
-            rows.append({"sampler": name, "nfe": None, "seconds": None, "sw2": None, "mmd": None,
-                         "error": f"{type(err).__name__}: {err}"})
-            continue
-        x = from_model_space(out.samples, spec)
-        samples[f"{name} ({out.nfe} NFE)"] = x
-        rows.append({"sampler": name, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
-                     "sw2": float(metrics.sliced_wasserstein(x, data, generator=gen)),
-                     "mmd": float(metrics.mmd(x, data))})
+    result = _demo_table(model, spec, draw, args)
+    rows, samples = result["rows"], result["samples"]
     args.out.mkdir(parents=True, exist_ok=True)
-    fig = plot_samples(samples, reference=data, ncols=4, title=f"{args.data}: samples per sampler")
+    fig = plot_samples(samples, reference=result["reference"], ncols=4,
+                       title=f"{args.data}: samples per sampler (≈: within noise of the data's own floor)")
     fig.savefig(args.out / "demo.png", dpi=90)
-    lines = ["| sampler | NFE | wall time (s) | SW2 | MMD |", "|---|---|---|---|---|"]
-    for r in rows:
-        if r["nfe"] is None:
-            lines.append(f"| {r['sampler']} | – | – | {r['error']} | |")
-        else:
-            lines.append(f"| {r['sampler']} | {r['nfe']} | {r['seconds']:.2f} | {r['sw2']:.4f} | "
-                         f"{r['mmd']:.4f} |")
-    table = "\n".join(lines)
+    table = _demo_markdown(rows, args.seeds)
     (args.out / "demo.md").write_text(
         f"# scoresde demo: {args.data}, {trainer.step} training steps ({train_s:.0f} s)\n\n"
-        f"SW2 and MMD against a fresh sample of the data; the first row is the noise floor.\n\n"
+        f"SW2 and MMD against a sample of the data, mean ± standard error over {args.seeds} seeds "
+        "(each seed: its own data sample, prior draw and sampling noise). The first row is the noise "
+        "floor: a second, fresh sample of the data scored the same way. 'vs floor' says whether a "
+        "sampler's SW2 is within two standard errors of the floor (≈) or above it (>); ranking "
+        "samplers whose difference is within noise is not meaningful.\n\n"
         f"{table}\n", encoding="utf-8")
     (args.out / "demo.json").write_text(
         json.dumps({"data": args.data, "train_steps": trainer.step, "train_seconds": train_s,
-                    "n": args.n, "rows": rows}, indent=2), encoding="utf-8")
+                    "n": args.n, "seeds": args.seeds, "rows": rows}, indent=2), encoding="utf-8")
     print(table)
     print(f"wrote demo.png, demo.md, demo.json to {args.out} in {time.perf_counter() - start:.0f} s")
     return 0
@@ -564,7 +631,8 @@ def add_compare_parser(subparsers) -> None:
     p.add_argument("--memory", choices=("rss", "tracemalloc", "none"), default="rss",
                    help="how to measure peak memory on the CPU (default rss)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNGs")
-    p.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                   help="progress bar on stderr (default off)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     p.set_defaults(func=cmd_compare)
 

@@ -524,7 +524,7 @@ def bits_per_dim(
     generator: torch.Generator | None = None,
     **kwargs,
 ):
-    r"""Bits per dimension of discrete data under the flow-ODE density (Song et al. 2021, App. D.2).
+    r"""Bits per dimension of discrete data under the flow-ODE density (Song et al. 2021, Appendix D.2).
 
     The data take ``n_bins`` levels per coordinate, mapped affinely onto ``data_range =
     (lo, hi)``: level :math:`k \in \{0, \dots, n-1\}` is stored as :math:`x = lo + k\,(hi -

@@ -136,7 +136,7 @@ def dsm_loss(
     generator: torch.Generator | None = None,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Denoising score matching over the forward SDE (Vincent 2011; Song et al. 2021, eq. 7).
+    r"""Denoising score matching over the forward SDE (Vincent 2011; Song et al. 2021, equation 7).
 
     .. math:: \mathcal L(\theta) = \mathbb E_{t \sim \mathcal U(\epsilon, T)}\, \lambda(t)\,
               \mathbb E_{x_0, z}\,\big\|s_\theta(x_t, t) + z/\sigma(t)\big\|^2, \qquad
@@ -250,7 +250,7 @@ def drop_labels(
     null_label: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""Label dropout for classifier-free guidance (Ho & Salimans 2021, Alg. 1).
+    r"""Label dropout for classifier-free guidance (Ho & Salimans 2021, Algorithm 1).
 
     Each label is replaced by the null label :math:`\varnothing` independently with
     probability ``p``,
@@ -300,7 +300,7 @@ def ddpm_loss(
     reduction: str = "mean",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""The ε-prediction loss of DDPM (Ho et al. 2020, Alg. 1, their :math:`L_{\rm simple}`).
+    r"""The ε-prediction loss of DDPM (Ho et al. 2020, Algorithm 1, their :math:`L_{\rm simple}`).
 
     .. math:: \mathcal L = \mathbb E_{i, x_0, \epsilon}\,
               \big\|\epsilon - \epsilon_\theta\big(\sqrt{\bar\alpha_i}\,x_0
@@ -386,7 +386,7 @@ def sliced_score_matching_loss(
     reduction: str = "mean",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""Sliced score matching (Song, Garg, Shi & Ermon 2019, eq. 7).
+    r"""Sliced score matching (Song, Garg, Shi & Ermon 2019, equation 7).
 
     .. math:: J_{\rm SSM}(\theta) = \mathbb E_{x}\,\mathbb E_{v}\Big[v^\top \nabla_x s_\theta(x)\, v
               + \tfrac12\big(v^\top s_\theta(x)\big)^2\Big],
@@ -445,7 +445,7 @@ def implicit_score_matching_loss(
     x: torch.Tensor,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    r"""Implicit score matching (Hyvärinen 2005, Thm. 1).
+    r"""Implicit score matching (Hyvärinen 2005, Theorem 1).
 
     .. math:: J_{\rm ISM}(\theta) = \mathbb E_{x \sim p}\Big[\tfrac12\|s_\theta(x)\|^2
               + \operatorname{div} s_\theta(x)\Big]
@@ -495,7 +495,7 @@ def explicit_score_matching_loss(
     true_score,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    r"""Explicit score matching: the regression on a known score (Hyvärinen 2005, eq. 2).
+    r"""Explicit score matching: the regression on a known score (Hyvärinen 2005, equation 2).
 
     .. math:: J_{\rm ESM}(\theta) = \mathbb E_{x \sim p}\,
               \tfrac12\,\|s_\theta(x) - \nabla\log p(x)\|^2.

@@ -518,6 +518,15 @@ class UNet(nn.Module):
 # -- parameterisations -----------------------------------------------------------------------
 
 
+def _param_dtype(net) -> torch.dtype | None:
+    """The floating dtype of a module's first parameter (``None`` for a plain callable)."""
+    if isinstance(net, nn.Module):
+        for p in net.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
 class ScoreModel(nn.Module):
     r"""A network ``net(x, t)`` read as a score function through the SDE's marginals.
 
@@ -555,7 +564,10 @@ class ScoreModel(nn.Module):
     through the score).
 
     What the network sees: ``net(x, t / T)`` (time normalised to ``[0, 1]``) when
-    ``normalize_time=True`` (default), else ``net(x, t)``.
+    ``normalize_time=True`` (default), else ``net(x, t)``. The network runs in the dtype of its
+    parameters: float64 states (for an accurate likelihood or sampler) are cast to a float32
+    network's dtype for the call, and its output is cast back, so the returned prediction
+    always has the dtype of ``x``.
 
     *Class-conditional models.* When the network has a ``num_classes`` attribute (a
     :class:`ScoreMLP` or :class:`UNet` built with ``num_classes=K``), every method takes an
@@ -636,13 +648,15 @@ class ScoreModel(nn.Module):
             raise ValueError(f"x must have shape (batch, *event_shape), got {tuple(x.shape)}")
 
     def _net(self, x: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
-        tin = t / self.sde.T if self.normalize_time else t
-        if y is None:
-            out = self.net(x, tin)
-        elif self.num_classes is None:
+        t = t / self.sde.T if self.normalize_time else t
+        if y is not None and self.num_classes is None:
             raise ValueError("y must be None: this ScoreModel is unconditional (its network has no num_classes)")
+        labels = () if y is None else (y,)
+        dtype = _param_dtype(self.net)
+        if dtype is not None and dtype != x.dtype:  # e.g. float64 states, float32 weights
+            out = self.net(x.to(dtype), t.to(dtype), *labels).to(x.dtype)
         else:
-            out = self.net(x, tin, y)
+            out = self.net(x, t, *labels)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"net output must have the shape of x {tuple(x.shape)}, got {got}")
@@ -704,7 +718,7 @@ class ScoreModel(nn.Module):
         return ConditionalScore(self, None)
 
     def guided(self, y, weight: float) -> ConditionalScore:
-        r"""Classifier-free guidance (Ho & Salimans 2021, eq. 6) at label ``y`` and weight ``w``:
+        r"""Classifier-free guidance (Ho & Salimans 2021, equation 6) at label ``y`` and weight ``w``:
 
         .. math:: \tilde s(x, t) = (1 + w)\,s_\theta(x, t, y) - w\,s_\theta(x, t, \varnothing).
 
@@ -718,7 +732,7 @@ class ConditionalScore:
     r"""A class-conditional :class:`ScoreModel` with its label bound: a plain ``score_fn(x, t)``.
 
     With label ``y`` and guidance weight ``w`` (classifier-free guidance, Ho & Salimans 2021,
-    eq. 6) it evaluates
+    equation 6) it evaluates
 
     .. math:: \tilde s(x, t) = (1 + w)\,s_\theta(x, t, y) - w\,s_\theta(x, t, \varnothing),
 

@@ -125,7 +125,7 @@ class SDE(abc.ABC):
         return ReverseSDE(self, score_fn, probability_flow=False)
 
     def probability_flow(self, score_fn: ScoreFn) -> ReverseSDE:
-        r"""The probability-flow ODE (Song et al. 2021, eq. 13), drift :math:`f - \tfrac12 g^2 \nabla\log p_t`."""
+        r"""The probability-flow ODE (Song et al. 2021), drift :math:`f - \tfrac12 g^2 \nabla\log p_t`."""
         return ReverseSDE(self, score_fn, probability_flow=True)
 
     def __repr__(self) -> str:
@@ -397,7 +397,7 @@ class _LinearBetaSDE(LinearSDE):
 
 
 class VPSDE(_LinearBetaSDE):
-    r"""Variance-preserving SDE (Song et al. 2021, eq. 11), the continuous limit of DDPM.
+    r"""Variance-preserving SDE, the continuous limit of DDPM (equation 11 of Song et al. 2021).
 
     .. math:: \mathrm{d}x = -\tfrac12 \beta(t) x\,\mathrm{d}t + \sqrt{\beta(t)}\,\mathrm{d}W,
               \qquad \beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})/T,
@@ -431,7 +431,7 @@ class VPSDE(_LinearBetaSDE):
         return self._t_from_int_beta(F.softplus(-2 * lam))
 
     def discretize(self, N: int) -> DiscreteSchedule:
-        r"""The discrete DDPM chain this SDE is the limit of (Ho et al. 2020; Song et al. 2021, App. B).
+        r"""The discrete DDPM chain this SDE is the limit of (Ho et al. 2020; Song et al. 2021, Appendix B).
 
         :math:`\beta_i = \beta_{\min}/N + (i-1)(\beta_{\max}-\beta_{\min})/(N(N-1))` for
         :math:`i = 1..N` at times :math:`t_i = iT/N`; for the defaults and ``N = 1000`` this is
@@ -441,15 +441,16 @@ class VPSDE(_LinearBetaSDE):
         i = torch.arange(N, dtype=torch.float64)
         betas = self.beta_min / N + i * (self.beta_max - self.beta_min) / (N * (N - 1))
         if float(betas.max()) > 0.999:  # Nichol & Dhariwal's bound; β → 1 makes 1/√α_i blow up
+            n_min = max(2, math.ceil(self.beta_max / 0.999 - 1e-9))  # the largest beta_i is beta_max/N
             raise ValueError(
-                f"N={N} is too small: the largest beta_i ≈ beta_max/N must be <= 0.999, got "
-                f"{float(betas.max()):.6g}"
+                f"N={N} is too small: the largest beta_i = beta_max/N must be <= 0.999, got "
+                f"{float(betas.max()):.6g}; the smallest N that works is {n_min} (ddpm: steps >= {n_min})"
             )
         return DiscreteSchedule(betas=betas, times=(i + 1) * self.T / N)
 
 
 class SubVPSDE(_LinearBetaSDE):
-    r"""Sub-variance-preserving SDE (Song et al. 2021, eq. 12).
+    r"""Sub-variance-preserving SDE (equation 12 of Song et al. 2021).
 
     .. math:: \mathrm{d}x = -\tfrac12\beta(t)x\,\mathrm{d}t + \sqrt{\beta(t)(1 - e^{-2B(t)})}\,\mathrm{d}W,
 
@@ -469,7 +470,7 @@ class SubVPSDE(_LinearBetaSDE):
 
 
 class VESDE(LinearSDE):
-    r"""Variance-exploding SDE (Song et al. 2021, eq. 9), the continuous limit of SMLD/NCSN.
+    r"""Variance-exploding SDE, the continuous limit of SMLD/NCSN (equation 9 of Song et al. 2021).
 
     .. math:: \mathrm{d}x = \sqrt{\tfrac{\mathrm d}{\mathrm dt}\sigma_{\rm VE}(t)^2}\,\mathrm{d}W,
               \qquad \sigma_{\rm VE}(t) = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^{t/T},
@@ -567,7 +568,7 @@ class CosineVPSDE(LinearSDE):
 
     def discretize(self, N: int) -> DiscreteSchedule:
         r"""Discrete chain with :math:`\bar\alpha_i = \bar\alpha(t_i)`, :math:`t_i = iT/N`, so
-        :math:`\beta_i = 1 - \bar\alpha(t_i)/\bar\alpha(t_{i-1})` (Nichol & Dhariwal 2021, eq. 17)."""
+        :math:`\beta_i = 1 - \bar\alpha(t_i)/\bar\alpha(t_{i-1})` (Nichol & Dhariwal 2021, equation 17)."""
         N = check_int("N", N, minimum=2)
         times = torch.arange(N + 1, dtype=torch.float64) * self.T / N
         log_abar = 2 * self._log_mean_coeff(times)

@@ -95,13 +95,13 @@ def model_spec(
     data: torch.Tensor,
     sde: str = TRAIN_DEFAULTS["sde"],
     *,
-    parameterization: str = "eps",
+    parameterization: str | None = None,
     hidden: int = TRAIN_DEFAULTS["hidden"],
     n_blocks: int = 3,
     base_channels: int = 32,
     num_classes: int | None = None,
 ) -> dict:
-    """A plain-dict description of the score model for data shaped like ``data``.
+    r"""A plain-dict description of the score model for data shaped like ``data``.
 
     Vector data ``(n, d)`` get a :class:`~scoresde.nets.ScoreMLP` and are standardised per
     coordinate (``shift`` = mean, ``scale`` = standard deviation of ``data``), so a user's
@@ -110,6 +110,16 @@ def model_spec(
     unconditional) makes the network class-conditional (``num_classes`` labels plus the null
     label). Stored in checkpoints as ``metadata["model"]``; :func:`build_model` and
     :func:`load_model` read it back.
+
+    ``parameterization`` (see :class:`~scoresde.nets.ScoreModel`) defaults to ``"v"`` for
+    vectors and ``"eps"`` for images. An ε-network's output is bounded where it saw no
+    training data, but far from the data the true :math:`\hat\epsilon \approx x/\sigma` grows
+    linearly in :math:`x`; the probability-flow ODE, whose restoring drift is half that of the
+    reverse SDE, then carries prior draws from the tails (|x_T| > 3) out to |x| ≈ 10.
+    v-prediction contains that linear term exactly (:math:`\hat\epsilon = \sigma x + s\hat v`
+    for VP). Measured on moons after 2000 steps: with ``"eps"`` 0.6–1 % of ``heun``, ``ode``,
+    ``ddim`` and ``dpm_solver_pp`` samples land at |x| > 5 (up to 11), none of the SDE
+    samplers' do; with ``"v"`` none of either (see "Choosing a sampler" in the docs).
 
     Examples
     --------
@@ -137,7 +147,7 @@ def model_spec(
         "kind": kind,
         "event_shape": event,
         "sde": sde,
-        "parameterization": parameterization,
+        "parameterization": parameterization or ("v" if kind == "mlp" else "eps"),
         "hidden": check_int("hidden", hidden),
         "n_blocks": check_int("n_blocks", n_blocks, minimum=0),
         "base_channels": check_int("base_channels", base_channels),
