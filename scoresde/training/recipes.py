@@ -115,10 +115,10 @@ def model_spec(
     vectors and ``"eps"`` for images. An ε-network's output is bounded where it saw no
     training data, but far from the data the true :math:`\hat\epsilon \approx x/\sigma` grows
     linearly in :math:`x`; the probability-flow ODE, whose restoring drift is half that of the
-    reverse SDE, then carries prior draws from the tails (|x_T| > 3) out to |x| ≈ 10.
+    reverse SDE, then carries prior draws from the tails (:math:`|x_T| > 3`) out to :math:`|x| \approx 10`.
     v-prediction contains that linear term exactly (:math:`\hat\epsilon = \sigma x + s\hat v`
     for VP). Measured on moons after 2000 steps: with ``"eps"`` 0.6–1 % of ``heun``, ``ode``,
-    ``ddim`` and ``dpm_solver_pp`` samples land at |x| > 5 (up to 11), none of the SDE
+    ``ddim`` and ``dpm_solver_pp`` samples land at :math:`|x| > 5` (up to 11), none of the SDE
     samplers' do; with ``"v"`` none of either (see "Choosing a sampler" in the docs).
 
     Examples
