@@ -11,6 +11,8 @@ Examples
 
     scoresde train --data my_points.csv --out runs/mine
     scoresde sample --checkpoint runs/mine/checkpoint.pt --n 2000 --sampler heun --out samples.png
+    scoresde train --data digits --conditional --out runs/digits
+    scoresde sample --checkpoint runs/digits/checkpoint.pt --label 3 --guidance 2.0 --out threes.png
     scoresde demo --out demo/
     scoresde compare --quick --out results/
     scoresde compare --target imbalanced_2d ring8 --samplers heun ddim --nfe 10,20,50 --out out/
@@ -112,14 +114,17 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _data_source(spec: str):
+def _data_source(spec: str, labels: bool = False):
     """The data of ``--data`` (:func:`scoresde.data.data_source`); an unknown name is a usage error."""
     import os
 
-    from .data import data_source, dataset_names
+    from .data import data_source, dataset_names, labelled_names
 
+    if labels and spec not in labelled_names():
+        raise UsageError(f"--conditional needs labelled data: --data must be one of {', '.join(labelled_names())} "
+                         f"(digits with their digit, a reference target with its mixture component), got {spec!r}")
     try:
-        return data_source(spec)
+        return data_source(spec, labels=labels)
     except (ValueError, FileNotFoundError):
         if os.path.exists(spec):
             raise  # a file that cannot be used: a failure while running (status 1)
@@ -156,6 +161,8 @@ def _check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
 _TRAIN_DESCRIPTION = (
     "Train the default score model of a data set (ScoreMLP for vectors, UNet for digits) with "
     "denoising score matching; writes RUN_DIR/checkpoint.pt (latest) and RUN_DIR/loss.csv. "
+    "With --conditional the model is class-conditional (digits: their digit; a reference target: "
+    "its mixture component) and trained with label dropout for classifier-free guidance. "
     "A RUN_DIR that holds a run is continued with --resume or replaced with --overwrite, never "
     "silently. Under torchrun the processes train one model with DistributedDataParallel."
 )
@@ -165,6 +172,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``scoresde train`` (also those of ``python -m scoresde.training``)."""
     from .data import dataset_names
     from .sde import SDE_NAMES
+    from .training.config import TrainConfig
 
     d = TRAIN_DEFAULTS
     p.add_argument("--data", required=True, metavar="NAME|PATH",
@@ -184,6 +192,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"decay of the weight average in [0, 1) (default {d['ema_decay']})")
     p.add_argument("--hidden", type=_int_at_least(1), default=d["hidden"],
                    help=f"width of the ScoreMLP for vector data (default {d['hidden']})")
+    p.add_argument("--conditional", action="store_true",
+                   help="train a class-conditional model on the data's labels (digits, or a reference "
+                        "target's components), for scoresde sample --label/--guidance")
+    p.add_argument("--label-dropout", type=float, default=TrainConfig.label_dropout, metavar="P",
+                   help="with --conditional: probability in [0, 1] of training a batch row on the null label "
+                        f"(the unconditional model of classifier-free guidance; default {TrainConfig.label_dropout:g})")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
     p.add_argument("--checkpoint-every", type=_int_at_least(0), default=d["checkpoint_every"],
                    help=f"checkpoint period in steps (default {d['checkpoint_every']}; 0: only at the end)")
@@ -221,18 +235,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = train_config(args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
                            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                           ema_decay=args.ema_decay)
+                           ema_decay=args.ema_decay, label_dropout=args.label_dropout)
         device = resolve_device(args.device)
     except ValueError as err:
         raise UsageError(str(err)) from None
     _check_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
-    source = _data_source(args.data)
+    source = _data_source(args.data, labels=args.conditional)
     _set_threads(args.threads)
     start = time.perf_counter()
     with process_group(device):
         trainer = train_model(source, args.out, sde=args.sde, config=cfg, hidden=args.hidden,
                               resume=args.resume, progress=args.progress, device=device,
-                              data_name=args.data, overwrite=args.overwrite)
+                              data_name=args.data, overwrite=args.overwrite,
+                              conditional=args.conditional)
     if not trainer.is_main:
         return 0
     if trainer.resumed_step is not None and trainer.step == trainer.resumed_step:
@@ -342,6 +357,12 @@ def add_sample_parser(subparsers) -> None:
     p.add_argument("--steps", type=_int_at_least(1), default=100,
                    help="sampler steps (time intervals; default 100)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
+    p.add_argument("--label", type=_int_at_least(0), default=None, metavar="K",
+                   help="class to sample, 0..num_classes-1 (a checkpoint of scoresde train --conditional); "
+                        "default: unconditional samples")
+    p.add_argument("--guidance", type=float, default=0.0, metavar="W",
+                   help="classifier-free guidance weight w >= 0 with --label: the score (1+w) s(x,t,K) - w s(x,t); "
+                        "each score call then costs two network evaluations (default 0: the conditional score)")
     p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
                    help="progress bar on stderr (default off)")
@@ -364,11 +385,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_names("sampler", [args.sampler], sampler_names())
     if args.out.suffix.lower() not in _SAMPLE_SUFFIXES:
         raise UsageError(f"--out must end in one of {', '.join(_SAMPLE_SUFFIXES)}, got {str(args.out)!r}")
+    import math
+
+    if not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise UsageError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if args.guidance and args.label is None:
+        raise UsageError("--guidance needs --label (the class to guide towards)")
     _set_threads(args.threads)
     model, spec = load_model(args.checkpoint)
+    score_fn, what = _conditioned(model, args)
     shape = (args.n, *spec["event_shape"])
     start = time.perf_counter()
-    out = sample(model.sde, model, shape, args.sampler, steps=args.steps,
+    out = sample(model.sde, score_fn, shape, args.sampler, steps=args.steps,
                  generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
     seconds = time.perf_counter() - start
     x = from_model_space(out.samples, spec)
@@ -377,9 +405,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
         reference = _training_data(args.checkpoint, args.n, args.seed)
     _write_samples(x, args.out, reference=reference,
                    title=f"{args.checkpoint.parent.name or args.checkpoint}: {args.sampler}, "
-                         f"{args.steps} steps ({out.nfe} NFE)")
-    print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE, {seconds:.2f} s) written to {args.out}")
+                         f"{args.steps} steps ({out.nfe} NFE){what}")
+    cost = f"{out.nfe} NFE" + (f" = {2 * out.nfe} network evaluations" if args.guidance else "")
+    print(f"{args.n} samples{what} with {args.sampler} ({cost}, {seconds:.2f} s) written to {args.out}")
     return 0
+
+
+def _conditioned(model, args: argparse.Namespace):
+    """The score function of ``--label``/``--guidance`` and a description for titles and messages."""
+    k = model.num_classes
+    if args.label is None:
+        return model, ("" if k is None else ", unconditional")
+    if k is None:
+        raise UsageError(f"--label needs a class-conditional checkpoint (scoresde train --conditional); "
+                         f"{args.checkpoint} holds an unconditional model")
+    if args.label >= k:
+        raise UsageError(f"--label must be in 0..{k - 1} for this checkpoint ({k} classes), got {args.label}")
+    score_fn = model.guided(args.label, args.guidance) if args.guidance else model.conditional(args.label)
+    return score_fn, f", class {args.label}" + (f", guidance {args.guidance:g}" if args.guidance else "")
 
 
 def add_demo_parser(subparsers) -> None:

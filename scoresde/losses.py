@@ -2,7 +2,8 @@ r"""Score-matching objectives.
 
 - :func:`dsm_loss` — denoising score matching over the forward SDE (Vincent 2011; Song et al.
   2021, eq. 7), with the :math:`\sigma^2`, likelihood (:math:`g^2`) and flat weightings and
-  importance sampling of ``t`` for the likelihood weighting;
+  importance sampling of ``t`` for the likelihood weighting, conditional on class labels when
+  given (``labels=``), with :func:`drop_labels` for classifier-free guidance training;
 - :func:`ddpm_loss` — the ε-prediction loss of DDPM (Ho et al. 2020, Alg. 1), DSM with
   :math:`\lambda = \sigma^2` on the discrete chain;
 - :func:`sliced_score_matching_loss`, :func:`implicit_score_matching_loss` — objectives that
@@ -40,6 +41,7 @@ __all__ = [
     "sliced_score_matching_loss",
     "implicit_score_matching_loss",
     "explicit_score_matching_loss",
+    "drop_labels",
     "WEIGHTINGS",
 ]
 
@@ -68,6 +70,17 @@ def _check_output(name: str, out, x: torch.Tensor) -> torch.Tensor:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"{name} must return a tensor shaped like x {tuple(x.shape)}, got {got}")
     return out
+
+
+def _check_labels(labels, n: int | None) -> None:
+    """``labels`` must be an integer tensor ``(n,)`` (any length when ``n`` is None)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of integer labels, got {type(labels).__name__}")
+    bad_dtype = labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
+    if bad_dtype or labels.ndim != 1 or (n is not None and labels.shape[0] != n):
+        want = f"({n},)" if n is not None else "(batch,)"
+        raise ValueError(f"labels must be an integer tensor of shape {want}, got dtype {labels.dtype}, "
+                         f"shape {tuple(labels.shape)}")
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -121,6 +134,7 @@ def dsm_loss(
     importance_sampling: bool = False,
     reduction: str = "mean",
     generator: torch.Generator | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Denoising score matching over the forward SDE (Vincent 2011; Song et al. 2021, equation 7).
 
@@ -174,6 +188,10 @@ def dsm_loss(
         Batch mean, or the per-sample losses ``(batch,)``.
     generator : torch.Generator, optional
         Draws, in this order: ``t`` (``(batch,)`` uniforms), then ``z`` (shaped like ``x0``).
+    labels : Tensor, optional
+        Class labels ``(batch,)`` (integers) of a class-conditional model: the model is called
+        as ``model(x_t, t, labels)`` and the loss is DSM for :math:`\nabla\log p_t(x \mid y)`
+        (the null label trains the unconditional score; see :func:`drop_labels`).
 
     Returns
     -------
@@ -203,6 +221,8 @@ def dsm_loss(
     if importance_sampling and weighting != "g2":
         raise ValueError(f"importance_sampling=True is only defined for weighting='g2', got weighting={weighting!r}")
     n = x0.shape[0]
+    if labels is not None:
+        _check_labels(labels, n)
     if importance_sampling:
         t, Z = _importance_times(sde, n, eps, x0, generator)
     else:
@@ -210,7 +230,8 @@ def dsm_loss(
     z = _draw("randn", x0.shape, x0, generator)
     mean, sigma = sde.marginal(x0, t)
     x_t = mean + bcast(sigma, x0) * z
-    score = _check_output("model_or_score_fn", model_or_score_fn(x_t, t), x0)
+    out = model_or_score_fn(x_t, t) if labels is None else model_or_score_fn(x_t, t, labels)
+    score = _check_output("model_or_score_fn", out, x0)
     err = _sqnorm(bcast(sigma, x0) * score + z)  # ‖σ s + z‖² = σ² ‖s + z/σ‖²
     if importance_sampling:
         per_sample = Z / (sde.T - eps) * err
@@ -221,6 +242,55 @@ def dsm_loss(
     else:
         per_sample = err / sigma**2
     return _reduce(per_sample, reduction)
+
+
+def drop_labels(
+    labels: torch.Tensor,
+    p: float,
+    null_label: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Label dropout for classifier-free guidance (Ho & Salimans 2021, Algorithm 1).
+
+    Each label is replaced by the null label :math:`\varnothing` independently with
+    probability ``p``,
+
+    .. math:: \tilde y_i = \begin{cases} \varnothing & u_i < p \\ y_i & \text{otherwise}
+              \end{cases}, \qquad u_i \sim \mathcal U(0, 1),
+
+    so one network, trained by :func:`dsm_loss` on ``(x, ỹ)``, learns the conditional scores
+    :math:`\nabla\log p_t(x \mid y)` and (on the dropped fraction) the unconditional score
+    :math:`\nabla\log p_t(x)` that guidance combines.
+
+    Parameters
+    ----------
+    labels : Tensor
+        Integer labels ``(batch,)``.
+    p : float
+        Dropout probability in ``[0, 1]`` (0 returns ``labels`` unchanged, drawing nothing).
+    null_label : int
+        The index of "no label" (``model.null_label``, the number of classes).
+    generator : torch.Generator, optional
+        Draws ``(batch,)`` uniforms on its device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scoresde.losses import drop_labels
+    >>> y = drop_labels(torch.zeros(100_000, dtype=torch.long), 0.1, 10,
+    ...                 generator=torch.Generator().manual_seed(0))
+    >>> round(float((y == 10).double().mean()), 2)
+    0.1
+    """
+    _check_labels(labels, None)
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must lie in [0, 1], got {p!r}")
+    null_label = check_int("null_label", null_label)
+    if p == 0.0:
+        return labels
+    u = _draw("rand", labels.shape, torch.empty(0, device=labels.device), generator)
+    return torch.where(u < p, torch.full_like(labels, null_label), labels)
 
 
 def ddpm_loss(
