@@ -13,6 +13,7 @@ from .base import Sampler, SampleResult, tweedie_denoise
 from .discrete import DDIM, DDPM, EpsilonScore
 from .dpm_solver import DPMSolver, DPMSolverPlusPlus, UniPC
 from .driver import sample
+from .gits import gits_schedule
 from .grids import GRIDS, LogSNRSchedule, resolve_grid, time_grid
 from .multistep import DEIS, IPNDM, LMS
 from .ode import EulerODE, Heun
@@ -58,4 +59,5 @@ __all__ = [
     "IPNDM",
     "DEIS",
     "LMS",
+    "gits_schedule",
 ]
