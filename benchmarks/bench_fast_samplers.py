@@ -52,6 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scoresde import compare  # noqa: E402
 from scoresde.samplers import (  # noqa: E402
     DDIM,
+    DEIS,
+    IPNDM,
+    LMS,
     AdaptiveODE,
     AdaptiveSDE,
     DPMSolver,
@@ -59,6 +62,7 @@ from scoresde.samplers import (  # noqa: E402
     Heun,
     ProbabilityFlowODE,
     UniPC,
+    gits_schedule,
     optimize_schedule,
 )
 
@@ -69,7 +73,29 @@ NFE = (5, 10, 20, 50)
 OPT_STEPS = (5, 10, 20)
 # labels of the new samplers (the ones the bar is about)
 NEW = ("unipc", "unipc/opt", "dpm_solver_pp:3M", "dpm_solver_pp:3M/opt", "dpm_solver_pp:2M",
-       "dpm_solver:2", "dpm_solver:3", "adaptive_ode", "adaptive_sde")
+       "dpm_solver:2", "dpm_solver:3", "adaptive_ode", "adaptive_sde", "ipndm", "deis", "lms",
+       "ipndm/afs", "lms/afs", "lms/gits", "deis/gits", "unipc/gits")
+#: samplers of issue 16 part A, benchmarked when registered (with their defaults)
+PART_A = ("edm", "dpm_solver_pp_sde", "sa_solver")
+GITS_FINE = 120
+
+
+def gits(target, eps: float, seed: int, pilot: int) -> dict:
+    """GITS grids (one teacher solve of a pilot batch, dynamic programming) for LMS, DEIS and UniPC."""
+    import scoresde as sd
+
+    sde = sd.VPSDE()
+    t0 = time.perf_counter()
+    sched = gits_schedule(sde, target.score_fn(sde), (pilot, target.dim), steps=OPT_STEPS, eps=eps,
+                          fine_steps=GITS_FINE,
+                          generator=torch.Generator().manual_seed(compare.derive_seed(seed, "pilot", "gits")))
+    sched.report["wall_s"] = time.perf_counter() - t0
+    out = {}
+    for label, solver in (("lms/gits", LMS()), ("deis/gits", DEIS()),
+                          ("unipc/gits", UniPC(lower_order_final=False))):
+        solver.default_grid = sched
+        out[label] = solver
+    return out
 
 
 def optimized(target, eps: float, seed: int, pilot: int, max_evals: int) -> dict:
@@ -109,8 +135,18 @@ def samplers(grids: bool, extra: dict) -> dict:
         "heun": Heun(),
         "ddim": DDIM(),
         "ode": ProbabilityFlowODE(),
+        "ipndm": IPNDM(),
+        "deis": DEIS(),
+        "lms": LMS(),
+        "ipndm/afs": IPNDM(afs=True),
+        "lms/afs": LMS(afs=True),
         **extra,
     }
+    import scoresde as sd
+
+    for name in PART_A:
+        if name in sd.samplers.names():
+            out[name] = sd.samplers.resolve(name)
     if grids:
         for g in ("edm", "quadratic", "uniform"):
             out[f"dpm_solver_pp:3M/{g}"] = _on_grid(DPMSolverPlusPlus(order=3), g)
@@ -134,7 +170,8 @@ def mean_records(records) -> list[dict]:
                "floor": statistics.fmean(r["noise_floor"]["error"] for r in rs)}
         if len(ok) == len(rs):
             errs = [r["error"] for r in ok]
-            rec.update(error=statistics.fmean(errs), error_sd=statistics.pstdev(errs),
+            rec.update(error=statistics.fmean(errs),
+                       error_sd=statistics.pstdev(errs) if all(map(math.isfinite, errs)) else math.nan,
                        nfe=max(r["nfe"] for r in ok),
                        **{k: statistics.fmean(r[k] for r in ok)
                           for k in ("cov_error", "log_density_gap", "weight_error")})
@@ -174,29 +211,39 @@ def best(means, tname, budget, pred):
 
 
 def bar_report(means, targets) -> tuple[str, dict]:
+    """The issue's bars: defaults (no learned grid) <= 0.3 / 0.1 at 10 / 20 NFE on the 2-D target and
+    ahead of every diffusers and k-diffusion sampler at 5/10/20; learned grid <= 0.5 / 0.08 at 5 / 10."""
     lines, out = [], {}
+
+    def ours_default(r):
+        return r["source"] == "scoresde" and not any(k in r["sampler"] for k in ("/opt", "/gits"))
+
+    def learned(r):
+        return r["source"] == "scoresde" and any(k in r["sampler"] for k in ("/opt", "/gits"))
+
     for tname in targets:
-        rows = [r for r in means if r["target"] == tname]
-        if not rows:
+        if not any(r["target"] == tname for r in means):
             continue
-        floor = rows[0]["floor"]
-        ours10, who10 = best(means, tname, 10, lambda r: r["sampler"] in NEW)
-        fixed10, fwho10 = best(means, tname, 10, lambda r: r["sampler"] in NEW and "/opt" not in r["sampler"])
-        ours20, who20 = best(means, tname, 20, lambda r: r["sampler"] in NEW)
-        diff10, dwho10 = best(means, tname, 10, lambda r: r["source"] == "diffusers")
-        met10 = ours10 <= 0.5 * diff10 if math.isfinite(diff10) else None
-        met20 = ours20 <= 2 * floor
-        out[tname] = {"ours_10": ours10, "ours_10_sampler": who10, "ours_10_fixed_grid": fixed10,
-                      "ours_10_fixed_grid_sampler": fwho10, "best_diffusers_10": diff10,
-                      "best_diffusers_10_sampler": dwho10, "bar_10_met": met10,
-                      "ours_20": ours20, "ours_20_sampler": who20, "noise_floor": floor,
-                      "bar_20_met": met20}
-        lines.append(
-            f"{tname}: NFE 10 best new {ours10:.3f} ({who10}; best fixed grid {fixed10:.3f}, {fwho10}) "
-            f"vs best diffusers {diff10:.3f} ({dwho10}) (need <= {0.5 * diff10:.3f}) -> "
-            f"{'MET' if met10 else 'not met' if met10 is not None else 'n/a'}; "
-            f"NFE 20 best new {ours20:.3f} ({who20}) vs 2x floor {2 * floor:.3f} -> "
-            f"{'MET' if met20 else 'not met'}")
+        res = {}
+        for b in (5, 10, 20):
+            mine, who = best(means, tname, b, ours_default)
+            peer, pwho = best(means, tname, b, lambda r: r["source"] in ("diffusers", "k-diffusion"))
+            lrn, lwho = best(means, tname, b, learned)
+            res[b] = {"default": mine, "default_sampler": who, "peer": peer, "peer_sampler": pwho,
+                      "ahead": (mine < peer) if math.isfinite(peer) else None,
+                      "learned": lrn, "learned_sampler": lwho}
+            lines.append(f"{tname} NFE {b}: best default {mine:.3f} ({who}) vs best peer {peer:.3f} ({pwho}) -> "
+                         f"{'ahead' if res[b]['ahead'] else 'NOT ahead' if res[b]['ahead'] is not None else 'n/a'}; "
+                         f"best learned grid {lrn:.3f} ({lwho})")
+        if tname == "imbalanced_2d":
+            res["bar_default_10"] = res[10]["default"] <= 0.3
+            res["bar_default_20"] = res[20]["default"] <= 0.1
+            res["bar_learned_5"] = res[5]["learned"] <= 0.5
+            res["bar_learned_10"] = res[10]["learned"] <= 0.08
+            lines.append(f"{tname}: default <= 0.3 at 10: {res['bar_default_10']}; <= 0.1 at 20: "
+                         f"{res['bar_default_20']}; learned <= 0.5 at 5: {res['bar_learned_5']}; "
+                         f"<= 0.08 at 10: {res['bar_learned_10']}")
+        out[tname] = res
     return "\n".join(lines), out
 
 
@@ -261,6 +308,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--grids", action="store_true", help="add fixed-grid variants")
     parser.add_argument("--no-diffusers", action="store_true")
+    parser.add_argument("--no-kdiffusion", action="store_true")
+    parser.add_argument("--no-opt", action="store_true", help="skip optimize_schedule (slow)")
     parser.add_argument("--no-timing", action="store_true", help="skip the adaptive-vs-RK45 timing table")
     parser.add_argument("--json", default=None, help="also write the records to this file")
     parser.add_argument("--eps-table", action="store_true",
@@ -273,18 +322,23 @@ def main(argv=None) -> int:
     budgets = [int(v) for v in args.nfe.split(",")]
 
     import diffusers_baselines as db
+    import kdiffusion_baselines as kb
 
     import scoresde as sd
 
     use_diffusers = not args.no_diffusers and db.available()
     if not args.no_diffusers and not use_diffusers:
         print("diffusers is not importable: no diffusers baselines", file=sys.stderr)
+    use_kdiff = not args.no_kdiffusion and kb.available()
+    if not args.no_kdiffusion and not use_kdiff:
+        print("k-diffusion is not importable: no k-diffusion baselines", file=sys.stderr)
     records, schedules = [], {}
     for tname in args.targets:
         target = sd.make_target(tname)
         n = args.n if args.n is not None else N_DEFAULT.get(tname, 2000)
         pilot = args.pilot if args.pilot is not None else PILOT_DEFAULT.get(tname, 500)
-        extra = optimized(target, args.eps, 0, pilot, args.max_evals)
+        extra = {} if args.no_opt else optimized(target, args.eps, 0, pilot, args.max_evals)
+        extra.update(gits(target, args.eps, 0, pilot))
         schedules[tname] = {k: v.default_grid.to_dict() for k, v in extra.items()}
         for label, smp in extra.items():
             rep = smp.default_grid.report
@@ -302,6 +356,11 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 records += db.run_diffusers([tname], None, budgets, n, seed, memory="none")
                 print(f"{tname} seed {seed}: diffusers {time.perf_counter() - t0:.1f} s",
+                      file=sys.stderr)
+            if use_kdiff:
+                t0 = time.perf_counter()
+                records += kb.run_kdiffusion([tname], None, budgets, n, seed, eps=args.eps)
+                print(f"{tname} seed {seed}: k-diffusion {time.perf_counter() - t0:.1f} s",
                       file=sys.stderr)
 
     means = mean_records(records)
