@@ -214,20 +214,9 @@ def test_bad_options_name_the_argument(factory, match, exc):
         factory()
 
 
-def test_need_a_linear_sde():
-    class NotLinear(sd.SDE):
-        def _drift(self, x, t):
-            return -x
-
-        def _diffusion(self, t):
-            return torch.ones_like(t)
-
-        def _marginal(self, x0, t):
-            return x0, torch.ones_like(t)
-
-        @property
-        def prior_std(self):
-            return 1.0
-
-    with pytest.raises(TypeError, match="LinearSDE"):
-        LMS().run(NotLinear(1.0), lambda x, t: -x, torch.zeros(2, 1), torch.tensor([1.0, 0.5]))
+@pytest.mark.parametrize("name", ["ipndm", "deis", "lms"])
+def test_need_a_linear_sde(name):
+    not_linear = object()  # no log_snr / t_from_log_snr / scale_std
+    with pytest.raises(TypeError, match="needs a LinearSDE"):
+        sd.samplers.SAMPLERS[name]().run(not_linear, lambda x, t: -x, torch.zeros(2, 1),
+                                         torch.tensor([1.0, 0.5]))

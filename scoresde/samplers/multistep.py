@@ -54,6 +54,8 @@ which saves one evaluation: **NFE = steps − 1** instead of ``steps``. The erro
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 import torch
 
@@ -129,9 +131,9 @@ class _SigmaMultistep(Sampler):
         """The order of each step: lower orders while the history fills up."""
         return [min(self.order, i + 1) for i in range(steps)]
 
+    @abc.abstractmethod
     def weights(self, sde, sig_tilde: list[float], times: list[float], i: int, k: int) -> np.ndarray:
         r"""Weights :math:`w_{ij}`, :math:`j < k`, of step ``i`` (newest evaluation first)."""
-        raise NotImplementedError
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         who = type(self).__name__
