@@ -220,3 +220,13 @@ def test_need_a_linear_sde(name):
     with pytest.raises(TypeError, match="needs a LinearSDE"):
         sd.samplers.SAMPLERS[name]().run(not_linear, lambda x, t: -x, torch.zeros(2, 1),
                                          torch.tensor([1.0, 0.5]))
+
+
+@pytest.mark.parametrize("name", ["ipndm", "deis", "lms"])
+def test_callback_sees_every_grid_time(name):
+    sde = sd.VPSDE()
+    seen = []
+    out = sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (8, 2), name, steps=5, trajectory=True,
+                    callback=lambda i, t, x: seen.append((i, t)), generator=torch.Generator().manual_seed(0))
+    assert seen == list(enumerate(sd.samplers.time_grid(sde, 5, EPS, "log_snr")[1:].tolist()))
+    torch.testing.assert_close(out.trajectory[-1], out.samples)
