@@ -22,7 +22,7 @@ differ in the variable the polynomial is written in, which fixes the weights :ma
 - :class:`IPNDM` — fixed Adams–Bashforth weights times :math:`\tilde\sigma_{i+1} - \tilde\sigma_i`
   (Zhang & Chen 2023, iPNDM; exact order on grids uniform in :math:`\tilde\sigma`);
 - :class:`LMS` — the polynomial in :math:`\tilde\sigma`, integrated exactly (Karras et al.
-  2022; k-diffusion's ``sample_lms``; DEIS's :math:`\rho`AB);
+  2022; k-diffusion's ``sample_lms``; DEIS's :math:`\rho`-AB);
 - :class:`DEIS` — the polynomial in :math:`t`, integrated by Gauss–Legendre quadrature in
   :math:`\tilde\sigma` (Zhang & Chen 2023, tAB-DEIS).
 
@@ -159,7 +159,7 @@ class _SigmaMultistep(Sampler):
 
 
 class IPNDM(_SigmaMultistep):
-    r"""Improved pseudo numerical methods (iPNDM; Zhang & Chen 2023, App. ; Liu et al. 2022, PNDM).
+    r"""Improved pseudo numerical methods (iPNDM; Zhang & Chen 2023; Liu et al. 2022, PNDM).
 
     PNDM's linear multistep part with lower-order warm-up instead of Runge–Kutta: with
     :math:`\Delta_i = \tilde\sigma_{i+1} - \tilde\sigma_i` and the Adams–Bashforth weights for
@@ -228,7 +228,7 @@ class LMS(_SigmaMultistep):
               \qquad \ell_j(u) = \prod_{m \ne j} \frac{u - \tilde\sigma_{i-m}}{\tilde\sigma_{i-j} - \tilde\sigma_{i-m}},
 
     :math:`k = \min(\text{order}, i + 1)`: the variable-step Adams–Bashforth method in
-    :math:`\tilde\sigma` (DEIS's :math:`\rho`AB; k-diffusion integrates the same basis with
+    :math:`\tilde\sigma` (DEIS's :math:`\rho`-AB; k-diffusion integrates the same basis with
     ``scipy.integrate.quad``). Global order ``order`` on any smooth grid; one evaluation per
     step.
 
@@ -243,7 +243,7 @@ class LMS(_SigmaMultistep):
     ----------
     Karras, Aittala, Aila & Laine (2022), *Elucidating the design space of diffusion-based
     generative models*, NeurIPS. Zhang & Chen (2023), *Fast sampling of diffusion models with
-    exponential integrator*, ICLR (:math:`\rho`AB-DEIS).
+    exponential integrator*, ICLR (:math:`\rho`-AB-DEIS).
 
     Examples
     --------
