@@ -13,7 +13,9 @@ from .base import Sampler, SampleResult, tweedie_denoise
 from .discrete import DDIM, DDPM, EpsilonScore
 from .dpm_solver import DPMSolver, DPMSolverPlusPlus, UniPC
 from .driver import sample
+from .gits import gits_schedule
 from .grids import GRIDS, LogSNRSchedule, resolve_grid, time_grid
+from .multistep import DEIS, IPNDM, LMS
 from .ode import EulerODE, Heun
 from .optimize import optimize_schedule
 from .pc import AnnealedLangevin, Corrector, LangevinCorrector, PredictorCorrector, ReverseDiffusion
@@ -54,4 +56,8 @@ __all__ = [
     "UniPC",
     "LogSNRSchedule",
     "optimize_schedule",
+    "IPNDM",
+    "DEIS",
+    "LMS",
+    "gits_schedule",
 ]

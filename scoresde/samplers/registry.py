@@ -11,6 +11,7 @@ from .adaptive import AdaptiveODE, AdaptiveSDE
 from .base import Sampler
 from .discrete import DDIM, DDPM
 from .dpm_solver import DPMSolver, DPMSolverPlusPlus, UniPC
+from .multistep import DEIS, IPNDM, LMS
 from .ode import EulerODE, Heun
 from .pc import AnnealedLangevin, LangevinCorrector, PredictorCorrector, ReverseDiffusion
 from .scipy_ode import ProbabilityFlowODE
@@ -36,6 +37,9 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "adaptive_sde": AdaptiveSDE,
     "adaptive_ode": AdaptiveODE,
     "unipc": UniPC,
+    "ipndm": IPNDM,
+    "deis": DEIS,
+    "lms": LMS,
 }
 """Every sampler name accepted by :func:`scoresde.sample`, mapped to its class."""
 
