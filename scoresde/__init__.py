@@ -16,19 +16,22 @@ The public surface (see the API reference):
 
 import importlib
 
-from . import data, losses, metrics, nets, predict, samplers, stepping
+from . import data, losses, metrics, nets, noise, predict, samplers, stepping
 from ._runtime import NonFiniteError
 from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from .losses import (
     ddpm_loss,
     dsm_loss,
+    edm_loss,
     explicit_score_matching_loss,
     implicit_score_matching_loss,
     sliced_score_matching_loss,
 )
 from .nets import GaussianFourierEmbedding, ScoreMLP, ScoreModel, UNet
+from .noise import PerSampleGenerator
 from .samplers import SampleResult, sample
 from .sde import (
+    EDMSDE,
     OU,
     SDE,
     SDE_NAMES,
@@ -88,6 +91,7 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "CosineVPSDE",
+    "EDMSDE",
     "ReverseSDE",
     "DiscreteSchedule",
     "SDE_NAMES",
@@ -115,6 +119,7 @@ __all__ = [
     "GaussianFourierEmbedding",
     "dsm_loss",
     "ddpm_loss",
+    "edm_loss",
     "sliced_score_matching_loss",
     "implicit_score_matching_loss",
     "explicit_score_matching_loss",
@@ -126,6 +131,8 @@ __all__ = [
     "data",
     "losses",
     "nets",
+    "noise",
+    "PerSampleGenerator",
     "plotting",
     "predict",
     "stepping",
