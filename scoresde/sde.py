@@ -472,6 +472,14 @@ class SubVPSDE(_LinearBetaSDE):
         return self._t_from_int_beta(2 * torch.asinh(0.5 * torch.exp(-lam)))
 
 
+def _check_sigmas(sigma_min: float, sigma_max: float) -> tuple[float, float]:
+    sigma_min = check_positive("sigma_min", sigma_min)
+    sigma_max = check_positive("sigma_max", sigma_max)
+    if sigma_min >= sigma_max:
+        raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    return sigma_min, sigma_max
+
+
 class VESDE(LinearSDE):
     r"""Variance-exploding SDE (Song et al. 2021, eq. 9), the continuous limit of SMLD/NCSN.
 
@@ -484,12 +492,7 @@ class VESDE(LinearSDE):
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0):
-        self.sigma_min = check_positive("sigma_min", sigma_min)
-        self.sigma_max = check_positive("sigma_max", sigma_max)
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(
-                f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
-            )
+        self.sigma_min, self.sigma_max = _check_sigmas(sigma_min, sigma_max)
         super().__init__(T)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min) / self.T
 
@@ -622,12 +625,7 @@ class EDMSDE(LinearSDE):
     """
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        self.sigma_min = check_positive("sigma_min", sigma_min)
-        self.sigma_max = check_positive("sigma_max", sigma_max)
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(
-                f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
-            )
+        self.sigma_min, self.sigma_max = _check_sigmas(sigma_min, sigma_max)
         super().__init__(self.sigma_max)
 
     def _params(self):

@@ -182,7 +182,24 @@ class EDM(Sampler):
         return s[n] * y
 
 
-class EulerAncestral(Sampler):
+class _Ancestral(Sampler):
+    """What the ancestral samplers share: ``eta`` and ``s_noise``, the EDM grid, no evaluation at the end."""
+
+    needs_linear_sde = True
+    default_grid = "edm"
+    evaluates_at_end = False  # evaluations at the step's start (and inside it)
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta = _check_eta(eta)
+        self.s_noise = check_positive("s_noise", s_noise)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether noise is drawn: ``eta > 0``."""
+        return self.eta > 0
+
+
+class EulerAncestral(_Ancestral):
     r"""Ancestral Euler in :math:`\tilde\sigma` (k-diffusion's ``sample_euler_ancestral``).
 
     Each step :math:`\tilde\sigma_i \to \tilde\sigma_{i+1}` takes an Euler step of the
@@ -216,18 +233,6 @@ class EulerAncestral(Sampler):
     """
 
     name = "euler_ancestral"
-    needs_linear_sde = True
-    default_grid = "edm"
-    evaluates_at_end = False
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = _check_eta(eta)
-        self.s_noise = check_positive("s_noise", s_noise)
-
-    @property
-    def stochastic(self) -> bool:
-        """Whether noise is drawn: ``eta > 0``."""
-        return self.eta > 0
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
         ts, s, sig, st, pred = _sigma_setup(self, sde, score_fn, times)
@@ -243,7 +248,7 @@ class EulerAncestral(Sampler):
         return s[-1] * y
 
 
-class DPMSolverPlusPlus2SAncestral(Sampler):
+class DPMSolverPlusPlus2SAncestral(_Ancestral):
     r"""DPM-Solver++(2S) with ancestral noise (k-diffusion's ``sample_dpmpp_2s_ancestral``).
 
     Each step :math:`\tilde\sigma_i \to \tilde\sigma_{i+1}` splits into :math:`\sigma_{\rm down}`,
@@ -282,19 +287,6 @@ class DPMSolverPlusPlus2SAncestral(Sampler):
 
     name = "dpm_solver_pp_2s_ancestral"
     nfe_per_step = 2
-    needs_linear_sde = True
-    default_grid = "edm"
-    evaluates_at_end = False  # the second evaluation is inside the step
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = _check_eta(eta)
-        self.s_noise = check_positive("s_noise", s_noise)
-
-    @property
-    def stochastic(self) -> bool:
-        """Whether noise is drawn: ``eta > 0``."""
-        return self.eta > 0
-
     order = 2
 
     def run(self, sde, score_fn, x, times, *, generator=None, callback=None):
