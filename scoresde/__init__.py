@@ -16,7 +16,7 @@ The public surface (see the API reference):
 
 import importlib
 
-from . import data, interop, losses, metrics, nets, predict, samplers, stepping
+from . import data, interop, losses, metrics, nets, noise, predict, samplers, stepping
 from . import sde as _sde_module
 from ._runtime import NonFiniteError
 from .binomial import BinomialDiffusion
@@ -25,13 +25,16 @@ from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_lik
 from .losses import (
     ddpm_loss,
     dsm_loss,
+    edm_loss,
     explicit_score_matching_loss,
     implicit_score_matching_loss,
     sliced_score_matching_loss,
 )
 from .nets import GaussianFourierEmbedding, ScoreMLP, ScoreModel, UNet
+from .noise import PerSampleGenerator
 from .samplers import SampleResult, sample
 from .sde import (
+    EDMSDE,
     OU,
     SDE,
     VESDE,
@@ -95,6 +98,7 @@ __all__ = [
     "VESDE",
     "CosineVPSDE",
     "DiscreteVPSDE",
+    "EDMSDE",
     "ReverseSDE",
     "DiscreteSchedule",
     "SDE_NAMES",
@@ -126,6 +130,7 @@ __all__ = [
     "GaussianFourierEmbedding",
     "dsm_loss",
     "ddpm_loss",
+    "edm_loss",
     "sliced_score_matching_loss",
     "implicit_score_matching_loss",
     "explicit_score_matching_loss",
@@ -138,6 +143,8 @@ __all__ = [
     "interop",
     "losses",
     "nets",
+    "noise",
+    "PerSampleGenerator",
     "plotting",
     "predict",
     "stepping",

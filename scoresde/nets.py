@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ._checks import as_time, check_int, check_positive
+from ._checks import as_time, bcast, check_int, check_positive
 from .predict import PREDICTIONS, convert
 from .sde import SDE
 
@@ -43,8 +43,9 @@ __all__ = [
     "PARAMETERIZATIONS",
 ]
 
-#: The output kinds :class:`ScoreModel` understands (:data:`scoresde.predict.PREDICTIONS`).
-PARAMETERIZATIONS = PREDICTIONS
+#: The output kinds :class:`ScoreModel` understands: :data:`scoresde.predict.PREDICTIONS` and
+#: ``"edm"`` (Karras et al. 2022 preconditioning, a denoiser: an x₀-prediction).
+PARAMETERIZATIONS = PREDICTIONS + ("edm",)
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -556,6 +557,24 @@ class ScoreModel(nn.Module):
         For VP-type SDEs :math:`s^2 + \sigma^2 = 1` and this is the usual
         :math:`x_0 = s x - \sigma v`; for VE (:math:`s = 1`, large :math:`\sigma`) the target is
         not unit-scaled and ``"eps"``/``"x0"`` are the better choices.
+    ``"edm"`` (Karras et al. 2022, Table 1, "preconditioning")
+        the network :math:`F` is wrapped into a denoiser of the scaled state
+        :math:`\tilde x = x/s` at the noise-to-signal ratio :math:`\tilde\sigma = \sigma/s`,
+
+        .. math:: \hat x_0 = D(\tilde x; \tilde\sigma) = c_{\rm skip}\,\tilde x
+                  + c_{\rm out}\,F\big(c_{\rm in}\,\tilde x,\ c_{\rm noise}\big), \qquad
+                  c_{\rm skip} = \frac{\sigma_d^2}{\tilde\sigma^2 + \sigma_d^2},\;
+                  c_{\rm out} = \frac{\tilde\sigma\,\sigma_d}{\sqrt{\tilde\sigma^2 + \sigma_d^2}},\;
+                  c_{\rm in} = \frac{1}{\sqrt{\tilde\sigma^2 + \sigma_d^2}},\;
+                  c_{\rm noise} = \tfrac14 \log\tilde\sigma,
+
+        with :math:`\sigma_d` = ``sigma_data``, so that the network's input and training target
+        have unit variance at every noise level, on any linear SDE (on :class:`~scoresde.EDMSDE`
+        :math:`s = 1` and :math:`\tilde\sigma = t`). The network's time input is
+        :math:`c_{\rm noise}` (``normalize_time`` is not used). :meth:`predict` returns
+        :math:`\hat x_0`; :class:`~scoresde.predict.PredictionAdapter` reads it as an
+        x₀-prediction (:data:`~scoresde.predict.NATIVE_ALIASES`). Train it with
+        :func:`~scoresde.losses.edm_loss`.
 
     The score forms divide by :math:`\sigma(t)`, which vanishes at ``t = 0``: evaluate at
     ``t >= eps`` as samplers and losses do. Every conversion is :func:`scoresde.predict.convert`;
@@ -585,10 +604,13 @@ class ScoreModel(nn.Module):
     sde : LinearSDE
         The forward process whose :meth:`~scoresde.LinearSDE.scale_std` defines
         :math:`s(t), \sigma(t)`.
-    parameterization : {"eps", "score", "x0", "v"}
+    parameterization : {"eps", "score", "x0", "v", "edm"}
         How to read the network output.
     normalize_time : bool
-        Feed ``t / T`` instead of ``t`` to the network.
+        Feed ``t / T`` instead of ``t`` to the network (not used by ``"edm"``).
+    sigma_data : float
+        :math:`\sigma_d`, the standard deviation of the data, for ``"edm"`` (default 0.5,
+        Karras et al.'s value for images in ``[-1, 1]``).
 
     Examples
     --------
@@ -613,6 +635,7 @@ class ScoreModel(nn.Module):
         sde: SDE,
         parameterization: str = "eps",
         normalize_time: bool = True,
+        sigma_data: float = 0.5,
     ):
         super().__init__()
         if not callable(net):
@@ -620,14 +643,31 @@ class ScoreModel(nn.Module):
         if not isinstance(sde, SDE) or not callable(getattr(sde, "scale_std", None)):
             raise TypeError(f"sde must be a scoresde LinearSDE (with scale_std), got {type(sde).__name__}")
         if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+            raise ValueError(
+                f"parameterization must be one of {PREDICTIONS} or 'edm' (Karras et al.'s "
+                f"preconditioned denoiser), got {parameterization!r}")
         self.net = net
         self.sde = sde
         self.parameterization = parameterization
         self.normalize_time = bool(normalize_time)
+        self.sigma_data = check_positive("sigma_data", sigma_data)
 
     def extra_repr(self) -> str:
-        return f"sde={self.sde!r}, parameterization={self.parameterization!r}"
+        extra = f", sigma_data={self.sigma_data:g}" if self.parameterization == "edm" else ""
+        return f"sde={self.sde!r}, parameterization={self.parameterization!r}{extra}"
+
+    def _edm_denoise(self, x: torch.Tensor, s: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Karras et al.'s preconditioned denoiser :math:`D(x/s; \\sigma/s)`, one network call."""
+        s_b, sig_b = bcast(s, x), bcast(sigma, x)
+        x_t, sig_t = x / s_b, sig_b / s_b
+        sd2 = self.sigma_data**2
+        norm = torch.sqrt(sig_t**2 + sd2)
+        c_noise = 0.25 * torch.log(sigma / s)
+        out = self.net(x_t / norm, c_noise)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"net output must have the shape of x {tuple(x.shape)}, got {got}")
+        return (sd2 / norm**2) * x_t + (sig_t * self.sigma_data / norm) * out
 
     @property
     def num_classes(self) -> int | None:
@@ -665,6 +705,11 @@ class ScoreModel(nn.Module):
     def _as(self, target: str, x: torch.Tensor, t, y=None) -> torch.Tensor:
         """The prediction of kind ``target`` from one network evaluation."""
         self._check_x(x)
+        if self.parameterization == "edm":
+            t = _time_input(t, x)
+            s, sigma = self.sde.scale_std(t)
+            x0 = self._edm_denoise(x, s, sigma)
+            return x0 if target in ("x0", "edm") else convert(x0, x, s, sigma, source="x0", target=target)
         if target == self.parameterization:
             return self._net(x, as_time(t, x.shape[0], self.sde.T, like=x), y)
         t = _time_input(t, x)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import as_time, bcast, check_int, check_positive, check_shape, check_tensor
+from ._runtime import standard_normal
 
 __all__ = [
     "SDE",
@@ -33,6 +34,7 @@ __all__ = [
     "VESDE",
     "CosineVPSDE",
     "DiscreteVPSDE",
+    "EDMSDE",
     "ReverseSDE",
     "DiscreteSchedule",
     "SDE_NAMES",
@@ -106,12 +108,14 @@ class SDE(abc.ABC):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        r"""Draw ``x_T ~ N(0, prior_std² I)`` of shape ``(batch, *event_shape)``."""
+        r"""Draw ``x_T ~ N(0, prior_std² I)`` of shape ``(batch, *event_shape)``.
+
+        ``generator`` is ``None``, a :class:`torch.Generator` (the draw is made on its device
+        unless ``device`` is given) or a noise source such as
+        :class:`~scoresde.noise.PerSampleGenerator` (batch-independent draws).
+        """
         shape = check_shape("shape", shape)
-        if device is None and generator is not None:
-            device = generator.device
-        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        return z * self.prior_std
+        return standard_normal(shape, generator, device=device, dtype=dtype) * self.prior_std
 
     def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         r"""Log-density of the prior, :math:`\log \mathcal N(x; 0, \sigma_T^2 I)`, shaped ``(batch,)``."""
@@ -470,6 +474,14 @@ class SubVPSDE(_LinearBetaSDE):
         return self._t_from_int_beta(2 * torch.asinh(0.5 * torch.exp(-lam)))
 
 
+def _check_sigmas(sigma_min: float, sigma_max: float) -> tuple[float, float]:
+    sigma_min = check_positive("sigma_min", sigma_min)
+    sigma_max = check_positive("sigma_max", sigma_max)
+    if sigma_min >= sigma_max:
+        raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    return sigma_min, sigma_max
+
+
 class VESDE(LinearSDE):
     r"""Variance-exploding SDE, the continuous limit of SMLD/NCSN (equation 9 of Song et al. 2021).
 
@@ -482,12 +494,7 @@ class VESDE(LinearSDE):
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0):
-        self.sigma_min = check_positive("sigma_min", sigma_min)
-        self.sigma_max = check_positive("sigma_max", sigma_max)
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(
-                f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
-            )
+        self.sigma_min, self.sigma_max = _check_sigmas(sigma_min, sigma_max)
         super().__init__(T)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min) / self.T
 
@@ -893,6 +900,78 @@ class DiscreteVPSDE(LinearSDE):
         return DiscreteSchedule(betas=betas, times=knot.to(torch.float64) / self.N)
 
 
+class EDMSDE(LinearSDE):
+    r"""The SDE of Karras et al. (2022): no drift, noise level equal to time, :math:`\sigma(t) = t`.
+
+    .. math:: \mathrm{d}x = \sqrt{2t}\,\mathrm{d}W, \qquad t \in [0, \sigma_{\max}],
+
+    so :math:`s(t) = 1`, :math:`\sigma(t)^2 = \int_0^t 2u\,\mathrm du = t^2` and
+    :math:`g(t)^2 = \mathrm d\sigma^2/\mathrm dt = 2t` exactly; the half log-SNR is
+    :math:`\lambda(t) = -\log t` and its inverse :math:`t = e^{-\lambda}`. Time *is* the
+    noise-to-signal ratio :math:`\tilde\sigma = \sigma/s` in which EDM writes its sampler, its
+    grid (:math:`\rho = 7`) and its preconditioning (:class:`~scoresde.ScoreModel` with
+    ``parameterization="edm"``, :func:`~scoresde.losses.edm_loss`).
+
+    Time domain: data at ``t = 0`` and the horizon ``T = sigma_max``, as for every SDE of the
+    package. Prior :math:`\mathcal N(0, \sigma_{\max}^2 I)` (the marginal at ``T`` of data
+    whose scale is small against :math:`\sigma_{\max}`). ``sigma_min`` is EDM's smallest noise
+    level: the end time to sample to (pass ``eps=sde.sigma_min`` to :func:`scoresde.sample`; the
+    final Euler step of EDM's Alg. 2 from :math:`\sigma_{\min}` to 0 is the driver's
+    ``denoise=True``), kept as an attribute; it does not change the process.
+
+    Parameters
+    ----------
+    sigma_min : float
+        Smallest noise level used for sampling (> 0, < ``sigma_max``; default 0.002, EDM's).
+    sigma_max : float
+        Largest noise level, the horizon ``T`` and the prior's standard deviation (default 80).
+
+    References
+    ----------
+    Karras, Aittala, Aila & Laine (2022), *Elucidating the design space of diffusion-based
+    generative models*, NeurIPS, Table 1 and Alg. 2.
+
+    Examples
+    --------
+    >>> import torch, scoresde as sd
+    >>> sde = sd.EDMSDE()
+    >>> sde.T, sde.prior_std
+    (80.0, 80.0)
+    >>> s, sigma = sde.scale_std(torch.tensor([0.5, 2.0], dtype=torch.float64))
+    >>> s.tolist(), sigma.tolist(), sde.g2(2.0).tolist()
+    ([1.0, 1.0], [0.5, 2.0], [4.0])
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        self.sigma_min, self.sigma_max = _check_sigmas(sigma_min, sigma_max)
+        super().__init__(self.sigma_max)
+
+    def _params(self):
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    def _a(self, t):
+        return torch.zeros_like(t)
+
+    def _g2(self, t):
+        return 2.0 * t
+
+    def _log_mean_coeff(self, t):
+        return torch.zeros_like(t)
+
+    def _var(self, t):
+        return t * t
+
+    def _log_snr(self, t):
+        return -torch.log(t)
+
+    def _t_from_log_snr(self, lam):
+        return torch.exp(-lam)
+
+
 @dataclass(frozen=True)
 class DiscreteSchedule:
     r"""A discrete diffusion chain :math:`q(x_i \mid x_{i-1}) = \mathcal N(\sqrt{\alpha_i} x_{i-1}, \beta_i I)`.
@@ -944,14 +1023,14 @@ class DiscreteSchedule:
 
 
 #: Short names of the SDE family, accepted by :func:`make_sde` (and the command line).
-SDE_NAMES: tuple[str, ...] = ("vp", "subvp", "ve", "ou", "cosine")
+SDE_NAMES: tuple[str, ...] = ("vp", "subvp", "ve", "ou", "cosine", "edm")
 
 
 def make_sde(name: str) -> LinearSDE:
     """The SDE called ``name`` (one of :data:`SDE_NAMES`) with its default parameters.
 
     ``"vp"`` :class:`VPSDE`, ``"subvp"`` :class:`SubVPSDE`, ``"ve"`` :class:`VESDE`, ``"ou"``
-    :class:`OU`, ``"cosine"`` :class:`CosineVPSDE`.
+    :class:`OU`, ``"cosine"`` :class:`CosineVPSDE`, ``"edm"`` :class:`EDMSDE`.
 
     Examples
     --------
@@ -959,7 +1038,8 @@ def make_sde(name: str) -> LinearSDE:
     >>> make_sde("ve")
     VESDE(sigma_min=0.01, sigma_max=50, T=1)
     """
-    classes = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "ou": OU, "cosine": CosineVPSDE}
+    classes = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "ou": OU, "cosine": CosineVPSDE,
+               "edm": EDMSDE}
     if not isinstance(name, str) or name not in classes:
         raise ValueError(f"sde must be one of {', '.join(SDE_NAMES)}, got {name!r}")
     return classes[name]()

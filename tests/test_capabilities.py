@@ -24,6 +24,13 @@ INSTANCES = [S.SAMPLERS[name]() for name in S.names()] + [
     S.TorchSDE(method="milstein"),
     S.PredictorCorrector(predictor="ddim", corrector="annealed_langevin", n_steps=2),
     S.PredictorCorrector(predictor="dpm_solver", corrector=None),
+    S.EDM(s_churn=5.0),
+    S.EulerAncestral(eta=0.0),
+    S.DPMSolverPlusPlus2SAncestral(eta=0.0),
+    S.DPMSolverPlusPlusSDE(order=3),
+    S.DPMSolverPlusPlusSDE(eta=0.0, solver_type="heun"),
+    S.SASolver(predictor_order=2, corrector_order=0),
+    S.SASolver(tau=0.0),
 ]
 
 

@@ -14,6 +14,7 @@ ALL_SDES = {
     "subvp": lambda: sd.SubVPSDE(),
     "ve": lambda: sd.VESDE(),
     "cosine": lambda: sd.CosineVPSDE(),
+    "edm": lambda: sd.EDMSDE(),
 }
 
 

@@ -13,6 +13,7 @@ from .base import Sampler, SampleResult, tweedie_denoise
 from .discrete import DDIM, DDPM, EpsilonScore
 from .dpm_solver import DPMSolver, DPMSolverPlusPlus, UniPC
 from .driver import sample
+from .edm import EDM, DPMSolverPlusPlus2SAncestral, EulerAncestral
 from .gits import gits_schedule
 from .grids import GRIDS, LogSNRSchedule, resolve_grid, time_grid
 from .multistep import DEIS, IPNDM, LMS
@@ -21,6 +22,7 @@ from .optimize import optimize_schedule
 from .pc import AnnealedLangevin, Corrector, LangevinCorrector, PredictorCorrector, ReverseDiffusion
 from .registry import SAMPLERS, names, resolve
 from .scipy_ode import ProbabilityFlowODE
+from .sde_multistep import DPMSolverPlusPlusSDE, SASolver
 from .sde_solvers import EulerMaruyama
 from .torchsde_backend import TorchSDE
 
@@ -60,4 +62,9 @@ __all__ = [
     "DEIS",
     "LMS",
     "gits_schedule",
+    "EDM",
+    "EulerAncestral",
+    "DPMSolverPlusPlus2SAncestral",
+    "DPMSolverPlusPlusSDE",
+    "SASolver",
 ]
