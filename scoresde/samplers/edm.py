@@ -134,7 +134,10 @@ class EDM(Sampler):
     nfe_per_step = 2
     needs_linear_sde = True
     default_grid = "edm"
-    evaluates_at_end = True  # Heun's second stage is at the step's end
+    # Heun's second stage is at each step's end, but Alg. 2 skips it on a step to sigma = 0;
+    # grids ending at 0 are refused all the same (end at sigma_min and use denoise=True)
+    evaluates_at_end = False
+    zero_noise_end = False
 
     def __init__(self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
                  s_noise: float = 1.0):
@@ -188,6 +191,7 @@ class _Ancestral(Sampler):
     needs_linear_sde = True
     default_grid = "edm"
     evaluates_at_end = False  # evaluations at the step's start (and inside it)
+    zero_noise_end = False  # through sample() the grid ends at t > 0 (run() handles sigma = 0)
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
         self.eta = _check_eta(eta)

@@ -269,6 +269,7 @@ class SASolver(Sampler):
     name = "sa_solver"
     needs_linear_sde = True
     default_grid = "log_snr"
+    zero_noise_end = False  # its steps need a finite log-SNR at the end of the grid
     evaluates_at_end = False
 
     def __init__(self, predictor_order: int = 3, corrector_order: int = 3, tau: float = 1.0,
