@@ -16,8 +16,9 @@ The public surface (see the API reference):
 
 import importlib
 
-from . import data, losses, metrics, nets, predict, samplers, stepping
+from . import data, guidance, inverse, losses, metrics, nets, operators, predict, samplers, stepping
 from ._runtime import NonFiniteError
+from .inverse import PosteriorResult, posterior_sample
 from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from .losses import (
     ddpm_loss,
@@ -130,4 +131,9 @@ __all__ = [
     "predict",
     "stepping",
     "training",
+    "guidance",
+    "inverse",
+    "operators",
+    "posterior_sample",
+    "PosteriorResult",
 ]
