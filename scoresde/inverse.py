@@ -18,13 +18,19 @@ r"""Posterior samplers for linear inverse problems :math:`y = A x + \sigma_y\var
     :math:`x_t/s \pm \tilde\sigma` (for :math:`\sigma_y = 0` exactly MCGdiff's potentials
     :math:`\mathcal N(s\,\bar y_i/\lambda_i; \bar x_i, \sigma^2)`; the noisy version is the
     Gaussian convolution of Dou & Song 2024). Between grid times the prior moves by the
-    ancestral kernel :math:`\mathcal N(s'\hat x_0 + \sqrt{\sigma'^2 - c^2}\,\hat\epsilon, c^2 I)`
-    (DDIM with :math:`\eta = 1`), which is Gaussian, so the product of kernel and next potential
-    is sampled exactly and its normaliser is the incremental weight (a fully adapted particle
-    filter; Pitt & Shephard 1999). Particles are resampled (systematic) when the effective
-    sample size drops below ``ess_threshold * particles``. At the end the potential is the
-    likelihood of :math:`y` at the end time, so the weighted particles target the posterior of
-    the discretised chain: exact as particles → ∞, up to the discretisation of the
+    ancestral kernel :math:`\mathcal N(s'\hat x_0 + \sqrt{\sigma'^2 - c^2}\,\hat\epsilon, v I)`
+    (DDIM with :math:`\eta = 1`: :math:`v = c^2`, the variance of
+    :math:`q(x_{t'} \mid x_t, x_0)`), by default with the variance of :math:`x_0` given
+    :math:`x_t` added, :math:`v = c^2 + a^2\gamma_t` (:math:`a` the coefficient of :math:`x_0`
+    in the mean of :math:`q`, :math:`\gamma_t = \tilde\sigma^2(1 - \overline{\lVert\hat
+    \epsilon\rVert^2}/d)` the estimate of Analytic-DPM, Bao et al. 2022, averaged over the
+    weighted particles): exact for isotropic Gaussian data, it removes most of the
+    under-dispersion of the ancestral chain at 100 steps. The kernel is Gaussian, so the product
+    of kernel and next potential is sampled exactly and its normaliser is the incremental
+    weight (a fully adapted particle filter; Pitt & Shephard 1999). Particles are resampled
+    (systematic) when the effective sample size drops below ``ess_threshold * particles``.
+    At the end the potential is the likelihood of :math:`y` at the end time, so the weighted
+    particles target the posterior of the discretised chain: exact as particles → ∞, up to the discretisation of the
     unconditional chain, which vanishes as steps grow. No gradient of the score is needed.
     ``result.log_evidence`` estimates :math:`\log p(y)`.
 ``"replacement"``
@@ -59,6 +65,9 @@ linear inverse problems*, ICLR 2024. Wu, Trippe, Naesseth, Blei & Cunningham (20
 asymptotically exact conditional sampling in diffusion models*, NeurIPS. Dou & Song (2024),
 *Diffusion posterior sampling for linear inverse problem solving: a filtering perspective*, ICLR.
 Pitt & Shephard (1999), *Filtering via simulation: auxiliary particle filters*, JASA 94.
+Bao, Li, Zhu & Zhang (2022), *Analytic-DPM: an analytic estimate of the optimal reverse variance
+in diffusion probabilistic models*, ICLR. Kitagawa (1996), *Monte Carlo filter and smoother for
+non-Gaussian nonlinear state space models*, JCGS 5.
 Song et al. (2021), *Score-based generative modeling through stochastic differential equations*,
 ICLR. Lugmayr et al. (2022), *RePaint*, CVPR. Chung et al. (2023), *Diffusion posterior sampling for
 general noisy inverse problems*, ICLR. Song, Vahdat, Mardani & Kautz (2023), *Pseudoinverse-guided
@@ -100,7 +109,7 @@ METHODS: tuple[str, ...] = ("smc", "replacement", "repaint", "dps", "pigdm")
 DEFAULT_STEPS = 100
 
 _OPTIONS = {
-    "smc": {"particles": None, "ess_threshold": 0.5},
+    "smc": {"particles": None, "ess_threshold": 0.5, "variance": "analytic"},
     "replacement": {},
     "repaint": {"jump_length": 10, "jump_n_sample": 10},
     "dps": {"scale": 1.0, "sampler": None},
@@ -182,10 +191,20 @@ def _kernel(s, sig, i):
     return math.sqrt(max(sig[i + 1] ** 2 - c2, 0.0)), c2
 
 
-def _ancestral_mean(pred, x, ts, s, sig, i):
+def _ancestral_mean(pred, x, ts, s, sig, i, weights=None):
+    """Kernel mean and variance; with ``weights`` (normalised log-weights of the particles) the
+    variance adds a^2 gamma, gamma the Analytic-DPM estimate of Var[x0 | x_t] (Bao et al. 2022)."""
     x0 = pred.x0(x, ts[i], s=s[i], sigma=sig[i])
     eps_hat = (x - s[i] * x0) / sig[i]
     b, c2 = _kernel(s, sig, i)
+    if weights is not None:
+        d = x[0].numel()
+        sq = eps_hat.reshape(x.shape[0], -1).to(torch.float64).square().sum(-1) / d
+        mean_sq = float((torch.exp(weights) * sq).sum())
+        gamma = (sig[i] / s[i]) ** 2 * max(0.0, 1.0 - mean_sq)
+        r = s[i] / s[i + 1]
+        a = s[i + 1] * (sig[i] ** 2 - r * r * sig[i + 1] ** 2) / sig[i] ** 2
+        c2 = c2 + a * a * gamma
     return s[i + 1] * x0 + b * eps_hat, c2
 
 
@@ -244,7 +263,7 @@ def _systematic(logw: torch.Tensor, n: int, generator) -> torch.Tensor:
     return torch.searchsorted(cdf, u).clamp(max=logw.numel() - 1)
 
 
-def _run_smc(ctx: _Ctx, x, ts, s, sig, n: int, ess_threshold: float):
+def _run_smc(ctx: _Ctx, x, ts, s, sig, n: int, ess_threshold: float, variance: str):
     P = x.shape[0]
     lam, y_bar, r = ctx.lam, ctx.y_bar, ctx.r
 
@@ -258,7 +277,8 @@ def _run_smc(ctx: _Ctx, x, ts, s, sig, n: int, ess_threshold: float):
     logw = log_g - torch.logsumexp(log_g, 0)
     ess_hist, resamplings = [], 0
     for i in range(len(ts) - 1):
-        mean, c2 = _ancestral_mean(ctx.pred, x, ts, s, sig, i)
+        mean, c2 = _ancestral_mean(ctx.pred, x, ts, s, sig, i,
+                                   logw if variance == "analytic" else None)
         mbar = ctx.rotate(mean)
         b = lam / s[i + 1]
         v1 = ctx.sy2 + (sig[i + 1] / s[i + 1]) ** 2 * lam.square()
@@ -435,7 +455,8 @@ def posterior_sample(
         Of the samples (default the generator's device, torch's default dtype).
     **options
         ``smc``: ``particles`` (default ``n``; at least ``n``: the ``n`` samples are drawn from
-        the final weighted particles) and ``ess_threshold`` (default 0.5, in ``(0, 1]``);
+        the final weighted particles), ``ess_threshold`` (default 0.5, in ``(0, 1]``) and
+        ``variance`` (``"analytic"``, default, or ``"ddpm"``: the kernel variance :math:`c^2`);
         ``repaint``: ``jump_length`` (10) and ``jump_n_sample`` (10); ``dps``: ``scale`` (1)
         and ``sampler`` (a name or :class:`~scoresde.samplers.Sampler`; default ancestral
         :class:`~scoresde.samplers.DDIM` with ``eta=1``); ``pigdm``: ``scale``, ``data_var``
@@ -496,6 +517,8 @@ def posterior_sample(
         thr = check_positive("ess_threshold", opts["ess_threshold"])
         if thr > 1.0:
             raise ValueError(f"ess_threshold must lie in (0, 1], got {thr}")
+        if opts["variance"] not in ("analytic", "ddpm"):
+            raise ValueError(f"variance must be 'analytic' or 'ddpm', got {opts['variance']!r}")
         batch = particles
     if method == "repaint":
         jl = check_int("jump_length", opts["jump_length"])
@@ -524,7 +547,7 @@ def posterior_sample(
     result = {"ess": None, "resamplings": 0, "log_evidence": None, "particles": None}
     with torch.no_grad():
         if method == "smc":
-            x, ess, res, log_z = _run_smc(ctx, x, ts, s, sig, n, thr)
+            x, ess, res, log_z = _run_smc(ctx, x, ts, s, sig, n, thr, opts["variance"])
             result.update(ess=ess, resamplings=res, log_evidence=log_z, particles=batch)
         elif method == "replacement":
             x = _run_replacement(ctx, x, ts, s, sig)
