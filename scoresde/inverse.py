@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -173,7 +173,6 @@ class PosteriorResult:
     ess: torch.Tensor | None = None
     resamplings: int = 0
     log_evidence: float | None = None
-    info: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------
