@@ -16,11 +16,12 @@ The public surface (see the API reference):
 
 import importlib
 
-from . import data, interop, losses, metrics, nets, noise, predict, samplers, stepping
+from . import data, guidance, interop, inverse, losses, metrics, nets, noise, operators, predict, samplers, stepping
 from . import sde as _sde_module
 from ._runtime import NonFiniteError
 from .binomial import BinomialDiffusion
 from .elbo import ELBOResult, ddpm_elbo, elbo
+from .inverse import PosteriorResult, posterior_sample
 from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from .losses import (
     ddpm_loss,
@@ -149,4 +150,9 @@ __all__ = [
     "predict",
     "stepping",
     "training",
+    "guidance",
+    "inverse",
+    "operators",
+    "posterior_sample",
+    "PosteriorResult",
 ]

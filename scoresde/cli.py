@@ -633,6 +633,10 @@ def add_compare_parser(subparsers) -> None:
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNGs")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
                    help="progress bar on stderr (default off)")
+    p.add_argument("--inverse", action="store_true",
+                   help="compare posterior samplers (scoresde.posterior_sample methods; "
+                        "--samplers picks methods, --target picks inverse problems) against exact "
+                        "posteriors over per-sample NFE budgets (default 20,50,100,200, n=1000)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     p.set_defaults(func=cmd_compare)
 
@@ -645,6 +649,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     targets = _split_names(args.targets)
     samplers = _split_names(args.samplers)
+    if getattr(args, "inverse", False):
+        return _cmd_compare_inverse(args, targets, samplers)
     _check_names("target", targets, target_names())
     _check_names("sampler", samplers, sampler_names())
     if args.out.exists() and not args.out.is_dir():
@@ -669,6 +675,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
     n_ok = sum(r["status"] == "ok" for r in records)
     written = [paths["json"], paths["markdown"], *paths["figures"]]
     print(f"{len(records)} runs ({n_ok} ok) over {args.seeds} seed(s) in {elapsed:.1f} s; wrote "
+          f"{', '.join(p.name for p in written)} to {args.out}")
+    return 0
+
+
+def _cmd_compare_inverse(args: argparse.Namespace, problems, methods) -> int:
+    """``scoresde compare --inverse``: :func:`scoresde.compare.inverse.run_inverse_comparison`."""
+    from .compare import inverse as inv
+    from .inverse import METHODS, problem_names
+
+    _check_names("target", problems, problem_names())
+    _check_names("sampler", methods, list(METHODS))
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out must be a directory, {str(args.out)!r} is a file")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    records = inv.run_inverse_comparison(
+        problems=problems or (["bimodal_2d", "mixture_10d"] if args.quick else None),
+        methods=methods, nfe=args.nfe or ((20, 100) if args.quick else inv.INVERSE_NFE),
+        n=args.n or (500 if args.quick else 1000), sde=args.sde or "vp", seed=args.seed,
+        seeds=args.seeds, progress=args.progress, keep_samples=args.figures)
+    elapsed = time.perf_counter() - start
+    paths = inv.save_inverse(records, args.out, figures=args.figures, seed=args.seed)
+    from .compare import to_markdown
+
+    print(to_markdown(records))
+    written = [paths["json"], paths["markdown"], *paths["figures"]]
+    print(f"{len(records)} runs over {args.seeds} seed(s) in {elapsed:.1f} s; wrote "
           f"{', '.join(p.name for p in written)} to {args.out}")
     return 0
 

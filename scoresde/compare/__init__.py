@@ -54,12 +54,14 @@ from .._checks import derive_seed
 from ..metrics import METRICS
 from ..sde import SDE_NAMES, make_sde
 from .cost import SamplerCost, measure_cost
+from .inverse import INVERSE_NFE, run_inverse_comparison, save_inverse
 from .noise import over_seeds, rank
 from .records import RECORD_KEYS, load, new_record, save, to_json, to_markdown
 from .sweep import DEFAULT_NFE, TOLERANCES, quick_preset, run_comparison
 
 __all__ = [
     "DEFAULT_NFE",
+    "INVERSE_NFE",
     "METRICS",
     "RECORD_KEYS",
     "SDE_NAMES",
@@ -75,7 +77,9 @@ __all__ = [
     "quick_preset",
     "rank",
     "run_comparison",
+    "run_inverse_comparison",
     "save",
+    "save_inverse",
     "timed_call",
     "to_json",
     "to_markdown",
