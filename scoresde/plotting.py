@@ -196,6 +196,10 @@ def _mark(record: Mapping, metric: str, key: str):
 def _caption(records: Sequence[Mapping], metric: str, rises: list[str], width: int) -> str:
     seeds = sorted({int(r.get("seeds") or 1) for r in records})
     text = f"{metric}: {METRIC_DESCRIPTIONS[metric]}."
+    if records and all(r.get("mode") == "reference" for r in records):
+        from .compare.reference import REFERENCE_DESCRIPTIONS
+
+        text = f"{metric}: {REFERENCE_DESCRIPTIONS.get(metric, METRIC_DESCRIPTIONS[metric])}."
     if seeds and seeds[-1] > 1:
         text += (f" Mean over {'/'.join(map(str, seeds))} seeds; bars and the grey band around "
                  "the noise floor: ±2 standard errors (overlapping bars: within noise); hollow "

@@ -158,7 +158,12 @@ def from_model_space(x: torch.Tensor, spec: dict) -> torch.Tensor:
 
 
 def build_model(spec: dict, generator: torch.Generator | None = None) -> nn.Module:
-    """The :class:`~scoresde.nets.ScoreModel` described by ``spec`` (see :func:`model_spec`)."""
+    """The :class:`~scoresde.nets.ScoreModel` described by ``spec`` (see :func:`model_spec`).
+
+    Besides the kinds of :func:`model_spec` (``"mlp"``, ``"unet"``), a ``"diffusers_unet"`` spec
+    (:func:`scoresde.interop.training.diffusers_model_spec`) rebuilds a diffusers network from
+    its recorded class and config (needs ``pip install scoresde[diffusers]``).
+    """
     from ..nets import ScoreMLP, ScoreModel, UNet
     from ..sde import make_sde
 
@@ -168,6 +173,10 @@ def build_model(spec: dict, generator: torch.Generator | None = None) -> nn.Modu
                            generator=generator)
         elif spec["kind"] == "unet":
             net = UNet(spec["event_shape"][0], base_channels=spec["base_channels"], generator=generator)
+        elif spec["kind"] == "diffusers_unet":  # a diffusers UNet2DModel (scoresde.interop.training)
+            from ..interop.training import build_diffusers_net
+
+            net = build_diffusers_net(spec, generator=generator)
         else:
             raise ValueError(f"unknown model kind {spec['kind']!r}")
         return ScoreModel(net, make_sde(spec["sde"]), parameterization=spec["parameterization"])
@@ -225,6 +234,7 @@ def train_model(
     device: torch.device | str = "cpu",
     data_name: str | None = None,
     overwrite: bool = False,
+    spec: dict | None = None,
 ) -> Trainer:
     """Train the default score model of a data set (the recipe behind ``scoresde train``).
 
@@ -261,6 +271,11 @@ def train_model(
     overwrite : bool
         Start afresh when ``out_dir`` holds another run, deleting its checkpoint and log
         (default False: a ``FileExistsError`` unless ``resume`` continues it).
+    spec : dict, optional
+        The model spec to train instead of the data set's default :func:`model_spec` (e.g. a
+        diffusers ``UNet2DModel`` from
+        :func:`scoresde.interop.training.diffusers_model_spec`); its ``event_shape`` must be
+        the data's, and ``sde`` and ``hidden`` are then taken from it.
 
     Returns
     -------
@@ -274,7 +289,12 @@ def train_model(
         probe = source
     else:  # a generated set: statistics of a fixed draw
         probe = source(DEFAULT_STATS_N, generator=torch.Generator().manual_seed(0))
-    spec = model_spec(probe, sde, hidden=hidden)
+    if spec is None:
+        spec = model_spec(probe, sde, hidden=hidden)
+    elif not isinstance(spec, dict) or list(spec.get("event_shape") or ()) != list(probe.shape[1:]):
+        got = spec.get("event_shape") if isinstance(spec, dict) else type(spec).__name__
+        raise ValueError(f"spec must be a model spec with the data's event_shape {list(probe.shape[1:])}, "
+                         f"got {got!r}")
     init = torch.Generator().manual_seed(config.seed)  # same initial weights on every rank
     model = build_model(spec, generator=init).to(device)
     if data_name is None and isinstance(data, (str, os.PathLike)):
