@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..metrics import METRIC_DESCRIPTIONS, METRICS
+from ..metrics import METRIC_DESCRIPTIONS, METRICS, REFERENCE_DESCRIPTIONS
 from .noise import RANKED, rank, standard_error
 
 __all__ = ["RECORD_KEYS", "new_record", "to_json", "load", "to_markdown", "save"]
@@ -210,8 +210,7 @@ def _caption(records) -> list[str]:
     seeds = _seed_counts(records)
     lines = []
     if any(r.get("mode") == "reference" for r in records):
-        from .reference import REFERENCE_DESCRIPTIONS as ref
-
+        ref = REFERENCE_DESCRIPTIONS
         lines.append(f"Reference mode (scoresde.compare.reference): error = {ref['error']}; SW2 = "
                      f"{ref['sw2']}; MMD = {ref['mmd']}. Mean over {seeds} seed(s) ± one standard "
                      "error.")

@@ -66,6 +66,7 @@ import torch
 
 from .. import metrics as _metrics
 from .._checks import check_int, check_positive, check_shape, derive_seed
+from ..metrics import REFERENCE_DESCRIPTIONS
 from ..samplers import Sampler, resolve, sample
 from ..sde import SDE
 from .cost import measure_cost
@@ -94,17 +95,6 @@ DEFAULT_REFERENCE_SAMPLERS: tuple[str, ...] = (
 
 #: The metrics a reference-mode record carries (keys of :data:`scoresde.metrics.METRICS`).
 REFERENCE_METRICS: tuple[str, ...] = ("error", "sw2", "mmd")
-
-#: What each metric means in a reference-mode record (table and figure captions).
-REFERENCE_DESCRIPTIONS: dict[str, str] = {
-    "error": ("RMSE in data space to a high-accuracy solve of the same probability-flow ODE from "
-              "the same prior draws (deterministic samplers; noise floor: the reference's own "
-              "accuracy)"),
-    "sw2": ("sliced Wasserstein-2 distance to a many-step reverse-SDE sample (noise floor: one "
-            "such sample against another)"),
-    "mmd": "MMD to a many-step reverse-SDE sample (RBF kernel, median-heuristic bandwidth)",
-}
-
 
 @dataclass
 class ReferenceSolution:
@@ -391,8 +381,6 @@ def _combine(reps: list[dict], floors: list[dict]) -> dict:
         out = {k: v for k, v in out.items() if k != "_samples"}
         if i > 0 and out.get("reason"):
             out["reason"] = f"seed {i + 1} of {seeds}: {out['reason']}"
-        if out["status"] == "over":
-            out.update(status="error", reason="the run exceeded the largest budget", nfe=None)
         if isinstance(out.get("nfe"), float) and not math.isfinite(out["nfe"]):
             out["nfe"] = None
         return {**out, **common}
