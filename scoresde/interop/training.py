@@ -48,7 +48,11 @@ through stochastic differential equations*, ICLR.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -62,6 +66,8 @@ __all__ = [
     "diffusers_score_model",
     "build_diffusers_net",
     "import_diffusers",
+    "LocalModel",
+    "load_local_model",
 ]
 
 #: The pip extra that installs diffusers.
@@ -299,3 +305,115 @@ def diffusers_score_model(
                                 time_shift=time_shift)
     net = DiffusersUNet(unet, time_scale, time_shift)
     return ScoreModel(net, make_sde(sde), parameterization=parameterization), spec
+
+
+# -- any local model -------------------------------------------------------------------------
+
+
+@dataclass
+class LocalModel:
+    """A model read from disk, ready for :func:`scoresde.sample` and the reference comparison.
+
+    Attributes
+    ----------
+    sde : SDE
+        Its forward process.
+    score_fn : callable
+        ``score_fn(x, t)`` (a :class:`~scoresde.nets.ScoreModel`, or the adapter of
+        :func:`scoresde.interop.from_diffusers`).
+    event_shape : tuple of int
+        The shape of one sample.
+    to_data : callable
+        Maps model-space samples to data space (the de-standardisation of a scoresde
+        checkpoint; the identity for diffusers models, whose images live in ``[-1, 1]``).
+    eps : float
+        The end time to sample to: ``1e-3`` for scoresde's SDEs, the time of timestep 0
+        (:math:`t_0 = 1/N`) for a discrete-time diffusers model.
+    kind : {"scoresde", "diffusers"}
+    path : str
+        The file or directory it was read from.
+    """
+
+    sde: object
+    score_fn: Callable
+    event_shape: tuple
+    to_data: Callable
+    eps: float
+    kind: str
+    path: str
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _diffusers_unet_config(folder: str) -> dict | None:
+    """The UNet config of a ``save_pretrained`` folder: a pipeline's ``unet/`` or the model's own."""
+    for sub in ("unet", ""):
+        config = _read_json(os.path.join(folder, sub, "config.json"))
+        if config is not None and "in_channels" in config:
+            return config
+    return None
+
+
+def load_local_model(path: str | os.PathLike, device: torch.device | str | None = None) -> LocalModel:
+    """Read a local model: a scoresde checkpoint (or run folder) or a diffusers ``save_pretrained`` folder.
+
+    - a file, or a folder holding ``checkpoint.pt``: :func:`scoresde.training.load_model` (EMA
+      weights, ``torch.load(weights_only=True)``);
+    - a folder with ``model_index.json`` (a pipeline) or a model ``config.json``:
+      :func:`scoresde.interop.from_diffusers` on the folder (read with ``local_files_only``;
+      nothing is downloaded); the sample shape comes from the UNet's ``in_channels`` and
+      ``sample_size``.
+
+    This is what ``scoresde sample --model`` and ``scoresde compare --model`` read.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If it is neither kind of model.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model path {path!r} does not exist")
+    checkpoint = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+    if os.path.isfile(checkpoint):
+        from ..training import from_model_space, load_model
+
+        model, spec = load_model(checkpoint)
+        if device is not None:
+            model = model.to(device)
+
+        def to_data(x, spec=spec):
+            return from_model_space(x, spec)
+
+        return LocalModel(model.sde, model, tuple(spec["event_shape"]), to_data, 1e-3, "scoresde", checkpoint)
+    config = _diffusers_unet_config(path)
+    if config is None:
+        raise ValueError(f"model path {path!r} is neither a scoresde checkpoint (or a run folder with "
+                         "checkpoint.pt) nor a diffusers save_pretrained folder (model_index.json or "
+                         "config.json)")
+    try:
+        from . import from_diffusers
+    except ImportError:  # pragma: no cover - from_diffusers is issue 13 part A
+        raise ImportError("reading a diffusers folder needs scoresde.interop.from_diffusers") from None
+    sde, score_fn = from_diffusers(path)
+    if device is not None and isinstance(score_fn, nn.Module):
+        score_fn = score_fn.to(device)
+    event = tuple(_event_shape(config))
+    eps = float(torch.as_tensor(sde.timestep_to_time(torch.zeros(1))).reshape(-1)[0]) \
+        if hasattr(sde, "timestep_to_time") else 1e-3
+    return LocalModel(sde, score_fn, event, _identity, eps, "diffusers", path)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
