@@ -54,7 +54,7 @@ from .targets import (
 
 # Heavy parts load on first use (PEP 562), so that ``import scoresde; sd.sample(...)`` imports
 # neither matplotlib nor the comparison harness nor the trainer (and its torch.distributed use).
-_LAZY_MODULES = ("compare", "plotting", "training")
+_LAZY_MODULES = ("compare", "plotting", "training", "interop")
 _LAZY_NAMES = {
     "Trainer": "training",
     "TrainConfig": "training",
@@ -130,4 +130,5 @@ __all__ = [
     "predict",
     "stepping",
     "training",
+    "interop",
 ]

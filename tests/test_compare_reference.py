@@ -52,6 +52,12 @@ def test_reference_ode_solution_matches_the_exact_flow_map():
                                dtype=torch.float64, ode="ode", ode_tol=1e-7)
     assert loose.floor["error"] is None and torch.equal(loose.x_init, ref.x_init)
     assert float((loose.ode - exact).square().mean().sqrt()) < 1e-4
+    # a fixed-step reference: Heun (second order) on 400 and 800 steps, the check halves the step
+    fixed = reference_solution(SDE, TARGET.score_fn(SDE), (64, 2), seed=3, sde_steps=5, ode="heun",
+                               ode_steps=400, dtype=torch.float64)
+    err = float((fixed.ode - exact).square().mean().sqrt())
+    assert fixed.info["ode_tol"] is None and fixed.info["ode_nfe"] == 1600
+    assert err < fixed.floor["error"] < 8 * err  # halving the step cuts a 2nd-order error by 4
 
 
 def test_rmse_falls_at_the_solvers_order_and_stochastic_samplers_have_none():
@@ -110,6 +116,17 @@ def test_image_model_and_reproducibility():
         b = run_reference_comparison(SDE, model, (4, 1, 8, 8), to_data=lambda x: x.clamp(-1, 1), **kw)
     assert [r["status"] for r in a] == ["ok", "ok"] and a[0]["dim"] == 64
     assert [r["error"] for r in a] == [r["error"] for r in b] and a[0]["noise_floor"]["error"] is None
+    def clamp(x):
+        return x.clamp(-1, 1)
+
+    ref = reference_solution(SDE, model, (4, 1, 8, 8), sde_steps=4, check=False, ode="euler_ode", to_data=clamp)
+    with torch.no_grad():
+        c = run_reference_comparison(SDE, model, (4, 1, 8, 8), references=[ref], to_data=clamp, **kw)
+    assert [r["error"] for r in c] == [r["error"] for r in b]  # the same reference, passed in
+    with pytest.raises(ValueError, match="one ReferenceSolution per seed"):
+        run_reference_comparison(SDE, model, (4, 1, 8, 8), references=[ref], seeds=2, **kw)
+    with pytest.raises(ValueError, match="made for shape"):
+        run_reference_comparison(SDE, model, (2, 1, 8, 8), references=[ref], **kw)
 
 
 def test_bad_input_is_refused_with_the_argument_named():

@@ -114,7 +114,8 @@ class ReferenceSolution:
         Noise floor: ``error`` (RMSE between the ODE solves at ``ode_tol`` and ``ode_tol/10``,
         ``None`` without the check), ``sw2`` and ``mmd`` (SDE sample against a second one).
     info : dict
-        How the reference was made: ``ode_solver``, ``ode_tol``, ``ode_nfe``, ``sde_solver``,
+        How the reference was made: ``ode_solver``, ``ode_tol`` (``None`` for a fixed-step
+        solver), ``ode_nfe``, ``sde_solver``,
         ``sde_steps``, ``sde_nfe``, ``seed``.
     """
 
@@ -152,6 +153,7 @@ def reference_solution(
     eps: float = 1e-3,
     ode="adaptive_ode",
     ode_tol: float = 1e-5,
+    ode_steps: int = 1000,
     check: bool = True,
     sde_sampler="euler_maruyama",
     sde_steps: int = 1000,
@@ -185,9 +187,12 @@ def reference_solution(
         set to ``ode_tol``).
     ode_tol : float
         Tolerance of the reference solve (> 0).
+    ode_steps : int
+        Steps of a fixed-step ``ode`` solver (an adaptive one picks its own).
     check : bool
-        Solve again at ``ode_tol / 10``, keep that solve as the reference, and report the RMSE
-        between the two as the reference's accuracy (``floor["error"]``).
+        Solve again at ``ode_tol / 10`` (a fixed-step solver: at ``2 * ode_steps``), keep that
+        solve as the reference, and report the RMSE between the two as the reference's accuracy
+        (``floor["error"]``).
     sde_sampler : str or Sampler
         The SDE reference sampler (default Euler–Maruyama on the reverse SDE).
     sde_steps : int
@@ -209,6 +214,7 @@ def reference_solution(
     seed = check_int("seed", seed, minimum=0)
     eps = check_positive("eps", eps)
     ode_tol = check_positive("ode_tol", ode_tol)
+    ode_steps = check_int("ode_steps", ode_steps)
     sde_steps = check_int("sde_steps", sde_steps)
     n_projections = check_int("n_projections", n_projections)
     to_data = _identity if to_data is None else to_data
@@ -222,13 +228,14 @@ def reference_solution(
 
     x_init = sde.prior_sample(shape, generator=gen("prior"), device=device, dtype=dtype)
     solver = _ode_solver(ode, ode_tol)
-    run = sample(sde, score_fn, shape, sampler=solver, steps=1, eps=eps, x_init=x_init,
+    steps = 1 if solver.adaptive else ode_steps  # an adaptive solver picks its own steps
+    run = sample(sde, score_fn, shape, sampler=solver, steps=steps, eps=eps, x_init=x_init,
                  generator=gen("ode"))
     ode_x, ode_nfe, floor_error, tol_used = run.samples, run.nfe, None, ode_tol
     if check:
         tight = _ode_solver(ode, ode_tol / 10)
-        run2 = sample(sde, score_fn, shape, sampler=tight, steps=1, eps=eps, x_init=x_init,
-                      generator=gen("ode"))
+        run2 = sample(sde, score_fn, shape, sampler=tight, steps=steps if solver.adaptive else 2 * steps,
+                      eps=eps, x_init=x_init, generator=gen("ode"))
         floor_error = _rmse(to_data(run2.samples), to_data(ode_x))
         ode_x, ode_nfe, tol_used, solver = run2.samples, run2.nfe, ode_tol / 10, tight
     sde_solver = resolve(sde_sampler, {})
@@ -245,7 +252,7 @@ def reference_solution(
         "sw2": float(_metrics.sliced_wasserstein(draws[1], draws[0], n_projections, proj)),
         "mmd": float(_metrics.mmd(draws[1], draws[0])),
     }
-    info = {"ode_solver": repr(solver), "ode_tol": tol_used, "ode_nfe": int(ode_nfe),
+    info = {"ode_solver": repr(solver), "ode_tol": tol_used if solver.adaptive else None, "ode_nfe": int(ode_nfe),
             "sde_solver": repr(sde_solver), "sde_steps": sde_steps, "sde_nfe": int(out.nfe),
             "seed": seed}
     return ReferenceSolution(x_init=x_init, ode=to_data(ode_x.detach()), sde_sample=draws[0], eps=eps,
@@ -429,6 +436,7 @@ def run_reference_comparison(
     memory: str = "rss",
     keep_samples: bool = False,
     progress: bool = False,
+    references: Sequence[ReferenceSolution] | None = None,
 ) -> list[dict]:
     r"""Every sampler at every NFE budget against a reference solution of the same model.
 
@@ -474,6 +482,10 @@ def run_reference_comparison(
         Keep the data-space samples of the largest budget that ran per sampler (``"samples"``).
     progress : bool
         A tqdm bar over the runs.
+    references : sequence of ReferenceSolution, optional
+        One per seed, made earlier with :func:`reference_solution` (e.g. to score other
+        producers' samples against the very same reference); the reference options above are
+        then not used.
 
     Returns
     -------
@@ -495,6 +507,13 @@ def run_reference_comparison(
     budgets = _resolve_budgets(nfe)
     seed = check_int("seed", seed, minimum=0)
     seeds = check_int("seeds", seeds)
+    if references is not None:
+        references = list(references)
+        if len(references) != seeds or not all(isinstance(r, ReferenceSolution) for r in references):
+            raise ValueError(f"references must hold one ReferenceSolution per seed ({seeds}), got "
+                             f"{len(references)} item(s)")
+        if tuple(references[0].x_init.shape) != shape:
+            raise ValueError(f"references must be made for shape {shape}, got {tuple(references[0].x_init.shape)}")
     if not isinstance(label, str) or not label:
         raise TypeError(f"label must be a non-empty str, got {label!r}")
     if isinstance(tolerances, (str, bytes)) or not isinstance(tolerances, Sequence) or not tolerances:
@@ -515,10 +534,10 @@ def run_reference_comparison(
     try:
         refs, per_seed = [], []
         for i in range(seeds):
-            ref = reference_solution(sde, score_fn, shape, seed=replicate_seed(seed, i), eps=setup.eps, ode=ode,
-                                     ode_tol=ode_tol, check=check_reference, sde_sampler=sde_sampler,
-                                     sde_steps=sde_steps, to_data=to_data, n_projections=n_projections,
-                                     device=device, dtype=dtype)
+            ref = references[i] if references is not None else reference_solution(
+                sde, score_fn, shape, seed=replicate_seed(seed, i), eps=setup.eps, ode=ode, ode_tol=ode_tol,
+                check=check_reference, sde_sampler=sde_sampler, sde_steps=sde_steps, to_data=to_data,
+                n_projections=n_projections, device=device, dtype=dtype)
             refs.append(ref)
             if bar is not None:
                 bar.update(1)
