@@ -25,9 +25,9 @@ and ``HeunDiscreteScheduler`` run on the *same* model from the *same* prior draw
 (``timestep_spacing="trailing"``, which is :math:`t = 1`) and, where they can, end at timestep 0
 (:math:`t_0 = 1/N`, the reference's end: ``set_alpha_to_one=False``,
 ``final_sigmas_type="sigma_min"``). ``HeunDiscreteScheduler`` always ends at :math:`\sigma = 0`;
-it is scored against the reference's denoised end point :math:`\hat x_0(x^\\star, t_0)` (one
+it is scored against the reference's denoised end point :math:`\hat x_0(x^\star, t_0)` (one
 more network call on the reference; this end step itself has an error of order
-:math:`\\sigma(t_0)^2`).
+:math:`\sigma(t_0)^2`).
 
 The error-vs-NFE model has random weights with its output convolution scaled by
 ``--out-scale`` (0.05): a raw random U-Net predicts an ε̂ of order 1 that is unrelated to
@@ -41,7 +41,7 @@ U-Net, so samples are of order 1 and the RMSE reads like that of a model of imag
 The model is what :func:`scoresde.interop.from_diffusers` makes of the UNet and a linear
 1000-step ``DDPMScheduler``. Where ``from_diffusers`` is not available (issue 13 part A not
 merged) the wrapper is ``ScoreModel(DiffusersUNet(unet, time_scale=1000, time_shift=-1),
-VPSDE())``: the continuous VP SDE with :math:`\\beta \\in [0.1, 20]` approximates the discrete
+VPSDE())``: the continuous VP SDE with :math:`\beta \in [0.1, 20]` approximates the discrete
 linear table (the two agree to about 1e-3 in :math:`\bar\alpha`), so diffusers' schedulers
 then see a slightly different model than scoresde's samplers; the JSON says which was used.
 """
