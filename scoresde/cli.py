@@ -608,19 +608,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                      progress=args.progress,
                                      keep_samples=args.figures, device=args.device,
                                      memory=args.memory)
-    elapsed = time.perf_counter() - start
+    return _save_and_report(records, args, time.perf_counter() - start, f"over {args.seeds} seed(s)")
+
+
+def _save_and_report(records, args: argparse.Namespace, elapsed: float, what: str) -> int:
+    """Save a comparison to ``--out``, print its table and a one-line summary."""
+    from . import compare
+
     paths = compare.save(records, args.out, figures=args.figures)
     print(compare.to_markdown(records))
     n_ok = sum(r["status"] == "ok" for r in records)
     written = [paths["json"], paths["markdown"], *paths["figures"]]
-    print(f"{len(records)} runs ({n_ok} ok) over {args.seeds} seed(s) in {elapsed:.1f} s; wrote "
+    print(f"{len(records)} runs ({n_ok} ok) {what} in {elapsed:.1f} s; wrote "
           f"{', '.join(p.name for p in written)} to {args.out}")
     return 0
 
 
 def _compare_model(args: argparse.Namespace, samplers: list[str] | None) -> int:
     """``scoresde compare --model PATH``: :func:`scoresde.compare.reference.run_reference_comparison`."""
-    from . import compare
     from .compare.reference import DEFAULT_REFERENCE_NFE, run_reference_comparison
 
     if args.targets or args.quick or args.sde:
@@ -639,14 +644,7 @@ def _compare_model(args: argparse.Namespace, samplers: list[str] | None) -> int:
         args.nfe or DEFAULT_REFERENCE_NFE, seed=args.seed, seeds=seeds, eps=local.eps,
         label=args.model.name or str(args.model), ode_tol=args.ode_tol, sde_steps=args.sde_steps,
         to_data=local.to_data, device=args.device, memory=args.memory, progress=args.progress)
-    elapsed = time.perf_counter() - start
-    paths = compare.save(records, args.out, figures=args.figures)
-    print(compare.to_markdown(records))
-    n_ok = sum(r["status"] == "ok" for r in records)
-    written = [paths["json"], paths["markdown"], *paths["figures"]]
-    print(f"{len(records)} runs ({n_ok} ok) on {args.model} over {seeds} seed(s) in {elapsed:.1f} s; wrote "
-          f"{', '.join(p.name for p in written)} to {args.out}")
-    return 0
+    return _save_and_report(records, args, time.perf_counter() - start, f"on {args.model} over {seeds} seed(s)")
 
 
 #: Functions that register one subcommand each (``add_<name>_parser(subparsers)``).

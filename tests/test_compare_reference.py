@@ -110,16 +110,18 @@ def test_image_model_and_reproducibility():
                                  up_block_types=("UpBlock2D", "UpBlock2D"))
     model = sd.ScoreModel(DiffusersUNet(unet), SDE).eval()
     kw = dict(samplers=["ddim", "dpm_solver_pp"], nfe=(3,), sde_steps=4, check_reference=False,
-              ode="euler_ode", memory="none")
+              ode="euler_ode", ode_steps=6, memory="none")
     with torch.no_grad():
         a = run_reference_comparison(SDE, model, (4, 1, 8, 8), to_data=lambda x: x.clamp(-1, 1), **kw)
         b = run_reference_comparison(SDE, model, (4, 1, 8, 8), to_data=lambda x: x.clamp(-1, 1), **kw)
     assert [r["status"] for r in a] == ["ok", "ok"] and a[0]["dim"] == 64
+    assert a[0]["reference"]["ode_nfe"] == 6 and a[0]["reference"]["ode_tol"] is None
     assert [r["error"] for r in a] == [r["error"] for r in b] and a[0]["noise_floor"]["error"] is None
     def clamp(x):
         return x.clamp(-1, 1)
 
-    ref = reference_solution(SDE, model, (4, 1, 8, 8), sde_steps=4, check=False, ode="euler_ode", to_data=clamp)
+    ref = reference_solution(SDE, model, (4, 1, 8, 8), sde_steps=4, check=False, ode="euler_ode", ode_steps=6,
+                             to_data=clamp)
     with torch.no_grad():
         c = run_reference_comparison(SDE, model, (4, 1, 8, 8), references=[ref], to_data=clamp, **kw)
     assert [r["error"] for r in c] == [r["error"] for r in b]  # the same reference, passed in

@@ -425,6 +425,7 @@ def run_reference_comparison(
     label: str = "model",
     ode="adaptive_ode",
     ode_tol: float = 1e-5,
+    ode_steps: int = 1000,
     check_reference: bool = True,
     sde_sampler="euler_maruyama",
     sde_steps: int = 1000,
@@ -468,7 +469,7 @@ def run_reference_comparison(
         End time of every sampler and of the reference (DDPM, which owns its grid, ends at 0).
     label : str
         The records' ``target`` (the model's name in tables and figure files).
-    ode, ode_tol, check_reference, sde_sampler, sde_steps, to_data
+    ode, ode_tol, ode_steps, check_reference, sde_sampler, sde_steps, to_data
         Of :func:`reference_solution` (``check_reference`` is its ``check``).
     n_projections : int
         Directions of the sliced Wasserstein distance.
@@ -536,8 +537,8 @@ def run_reference_comparison(
         for i in range(seeds):
             ref = references[i] if references is not None else reference_solution(
                 sde, score_fn, shape, seed=replicate_seed(seed, i), eps=setup.eps, ode=ode, ode_tol=ode_tol,
-                check=check_reference, sde_sampler=sde_sampler, sde_steps=sde_steps, to_data=to_data,
-                n_projections=n_projections, device=device, dtype=dtype)
+                ode_steps=ode_steps, check=check_reference, sde_sampler=sde_sampler, sde_steps=sde_steps,
+                to_data=to_data, n_projections=n_projections, device=device, dtype=dtype)
             refs.append(ref)
             if bar is not None:
                 bar.update(1)
