@@ -59,7 +59,14 @@ SCHEDULERS = types.MappingProxyType({
     "diffusers:DEIS": ("DEISMultistepScheduler", {}),
     "diffusers:Euler": ("EulerDiscreteScheduler", {}),
     "diffusers:Heun": ("HeunDiscreteScheduler", {}),
+    "diffusers:DPM++2M-SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++",
+                                                               "solver_order": 2}),
+    "diffusers:SA-Solver": ("SASolverScheduler", {}),
+    "diffusers:Euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "diffusers:IPNDM": ("IPNDMScheduler", {}),
+    "diffusers:EDMEuler": ("EDMEulerScheduler", {}),
 })
+
 
 N_TRAIN = 1000
 
@@ -107,7 +114,68 @@ def make_scheduler(label: str, schedule: sd.DiscreteSchedule):
         raise ValueError(f"unknown scheduler {label!r}; valid: {', '.join(SCHEDULERS)}")
     cls_name, options = SCHEDULERS[label]
     cls = getattr(diffusers, cls_name)
+    if cls_name == "IPNDMScheduler":  # its own sin/cos VP schedule in continuous time
+        return cls(num_train_timesteps=schedule.N, **options)
+    if cls_name == "EDMEulerScheduler":  # sigma range of the VP SDE's discretisation, in sigma~
+        abar = schedule.alphas_cumprod.double()
+        sig = torch.sqrt((1 - abar) / abar)
+        return cls(sigma_min=float(sig[0]), sigma_max=float(sig[-1]),
+                   num_train_timesteps=schedule.N, **options)
     return cls(num_train_timesteps=schedule.N, trained_betas=schedule.betas.numpy(), **options)
+
+
+class EpsilonFromScoreContinuous:
+    """ε-"model" for IPNDMScheduler: its timestep τ ∈ (0, 1] has s = cos(πτ/2), σ = sin(πτ/2).
+
+    The VP SDE's time with the same log-SNR, :math:`t = \\lambda^{-1}(\\log\\cot(\\pi\\tau/2))`
+    (clamped to ``[0, T]``), and :math:`\\hat\\epsilon = -\\sigma_t \\nabla\\log p_t(x)`; both
+    schedules have :math:`s^2 + \\sigma^2 = 1`, so the state needs no rescaling.
+    """
+
+    def __init__(self, score_fn, sde):
+        self.score_fn, self.sde, self.calls = score_fn, sde, 0
+
+    def __call__(self, x, timestep):
+        self.calls += 1
+        tau = float(timestep)
+        lam = math.log(max(math.cos(math.pi * tau / 2), 1e-300) / math.sin(math.pi * tau / 2))
+        t = float(self.sde.t_from_log_snr(torch.tensor([lam], dtype=torch.float64)).clamp(0.0, self.sde.T))
+        sigma = float(self.sde.scale_std(torch.tensor([t], dtype=torch.float64))[1])
+        return -sigma * self.score_fn(x, torch.full((x.shape[0],), t, dtype=x.dtype))
+
+
+class EDMOutputFromScore:
+    """The network output F that EDMEulerScheduler ("epsilon", σ_data = 0.5) preconditions.
+
+    It passes :math:`c_{in}\\tilde x` and :math:`c_{noise} = \\tfrac14\\log\\tilde\\sigma`; with
+    the exact denoiser :math:`D = (x + \\sigma^2 \\nabla\\log p_t(x))/s` at the VP time of
+    :math:`\\tilde\\sigma`, :math:`F = (D - c_{skip}\\tilde x)/c_{out}`.
+    """
+
+    def __init__(self, score_fn, sde, sigma_data=0.5):
+        self.score_fn, self.sde, self.sd, self.calls = score_fn, sde, sigma_data, 0
+
+    def __call__(self, x_in, timestep):
+        self.calls += 1
+        sig_t = math.exp(4.0 * float(timestep))
+        x_tilde = x_in * math.sqrt(sig_t**2 + self.sd**2)
+        t = float(self.sde.t_from_log_snr(torch.tensor([-math.log(sig_t)], dtype=torch.float64)).clamp(0.0, self.sde.T))
+        s, sigma = (float(v) for v in self.sde.scale_std(torch.tensor([t], dtype=torch.float64)))
+        x = s * x_tilde
+        denoised = (x + sigma**2 * self.score_fn(x, torch.full((x.shape[0],), t, dtype=x.dtype))) / s
+        c_skip = self.sd**2 / (sig_t**2 + self.sd**2)
+        c_out = sig_t * self.sd / math.sqrt(sig_t**2 + self.sd**2)
+        return (denoised - c_skip * x_tilde) / c_out
+
+
+def make_model(label: str, score_fn, schedule, sde):
+    """The "model" a scheduler expects, built from the exact score."""
+    cls_name = SCHEDULERS[label][0]
+    if cls_name == "IPNDMScheduler":
+        return EpsilonFromScoreContinuous(score_fn, sde)
+    if cls_name == "EDMEulerScheduler":
+        return EDMOutputFromScore(score_fn, sde)
+    return EpsilonFromScore(score_fn, schedule)
 
 
 def nfe_for_steps(label: str, schedule, steps: int) -> int:
@@ -182,7 +250,7 @@ def run_diffusers(targets=None, schedulers=None, nfe=compare.DEFAULT_NFE, n: int
                         reason=f"budget {budget} is below the cost of one inference step"))
                     continue
                 steps, planned = fit
-                model = EpsilonFromScore(score_fn, schedule)
+                model = make_model(label, score_fn, schedule, sde)
                 gen = torch.Generator().manual_seed(compare.derive_seed(seed, tname))
 
                 def call(label=label, model=model, steps=steps, gen=gen, dim=target.dim):

@@ -16,26 +16,32 @@ The public surface (see the API reference):
 
 import importlib
 
-from . import data, losses, metrics, nets, predict, samplers, stepping
+from . import data, interop, losses, metrics, nets, noise, predict, samplers, stepping
+from . import sde as _sde_module
 from ._runtime import NonFiniteError
+from .binomial import BinomialDiffusion
+from .elbo import ELBOResult, ddpm_elbo, elbo
 from .likelihood import LikelihoodResult, bits_per_dim, flow_likelihood, log_likelihood
 from .losses import (
     ddpm_loss,
     dsm_loss,
+    edm_loss,
     explicit_score_matching_loss,
     implicit_score_matching_loss,
     sliced_score_matching_loss,
 )
 from .nets import GaussianFourierEmbedding, ScoreMLP, ScoreModel, UNet
+from .noise import PerSampleGenerator
 from .samplers import SampleResult, sample
 from .sde import (
+    EDMSDE,
     OU,
     SDE,
-    SDE_NAMES,
     VESDE,
     VPSDE,
     CosineVPSDE,
     DiscreteSchedule,
+    DiscreteVPSDE,
     LinearSDE,
     ReverseSDE,
     SubVPSDE,
@@ -52,9 +58,12 @@ from .targets import (
     target_names,
 )
 
+#: Short names of the built-in SDEs, accepted by :func:`make_sde` and by ``--sde`` on the command line.
+SDE_NAMES: tuple[str, ...] = _sde_module.SDE_NAMES
+
 # Heavy parts load on first use (PEP 562), so that ``import scoresde; sd.sample(...)`` imports
 # neither matplotlib nor the comparison harness nor the trainer (and its torch.distributed use).
-_LAZY_MODULES = ("compare", "plotting", "training", "interop")
+_LAZY_MODULES = ("compare", "plotting", "training")
 _LAZY_NAMES = {
     "Trainer": "training",
     "TrainConfig": "training",
@@ -88,6 +97,8 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "CosineVPSDE",
+    "DiscreteVPSDE",
+    "EDMSDE",
     "ReverseSDE",
     "DiscreteSchedule",
     "SDE_NAMES",
@@ -109,12 +120,17 @@ __all__ = [
     "flow_likelihood",
     "LikelihoodResult",
     "bits_per_dim",
+    "elbo",
+    "ddpm_elbo",
+    "ELBOResult",
+    "BinomialDiffusion",
     "ScoreMLP",
     "UNet",
     "ScoreModel",
     "GaussianFourierEmbedding",
     "dsm_loss",
     "ddpm_loss",
+    "edm_loss",
     "sliced_score_matching_loss",
     "implicit_score_matching_loss",
     "explicit_score_matching_loss",
@@ -124,11 +140,13 @@ __all__ = [
     "load_checkpoint",
     "compare",
     "data",
+    "interop",
     "losses",
     "nets",
+    "noise",
+    "PerSampleGenerator",
     "plotting",
     "predict",
     "stepping",
     "training",
-    "interop",
 ]

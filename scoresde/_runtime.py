@@ -15,7 +15,7 @@ import torch
 
 from ._checks import all_finite
 
-__all__ = ["NonFiniteError", "CountingScore", "time_vector", "gaussian_like"]
+__all__ = ["NonFiniteError", "CountingScore", "time_vector", "gaussian_like", "standard_normal"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,12 +29,33 @@ def time_vector(t: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
 
 
-def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, drawn from ``generator`` on its device."""
+def standard_normal(shape, generator, *, device=None, dtype=None) -> torch.Tensor:
+    """Standard normals of ``shape`` from ``generator``: ``None``, a :class:`torch.Generator`
+    (drawn on its device unless ``device`` is given) or a noise source with a
+    ``randn(shape, dtype=, device=)`` method (:class:`scoresde.noise.PerSampleGenerator`).
+
+    The one place the package's sampling noise and prior draws are made.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        if device is None and generator is not None:
+            device = generator.device
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    draw = getattr(generator, "randn", None)
+    if not callable(draw):
+        raise TypeError(
+            "generator must be None, a torch.Generator or a noise source with a randn(shape, "
+            f"dtype=, device=) method (e.g. scoresde.noise.PerSampleGenerator), got "
+            f"{type(generator).__name__}"
+        )
+    return draw(tuple(shape), dtype=dtype, device=device)
+
+
+def gaussian_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator`` (see
+    :func:`standard_normal`) on its device and moved to ``x``'s."""
     if generator is None:
         return torch.randn_like(x)
-    z = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-    return z.to(x.device)
+    return standard_normal(x.shape, generator, dtype=x.dtype).to(x.device)
 
 
 class CountingScore:

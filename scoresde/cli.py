@@ -11,6 +11,8 @@ Examples
 
     scoresde train --data my_points.csv --out runs/mine
     scoresde sample --checkpoint runs/mine/checkpoint.pt --n 2000 --sampler heun --out samples.png
+    scoresde train --data digits --conditional --out runs/digits
+    scoresde sample --checkpoint runs/digits/checkpoint.pt --label 3 --guidance 2.0 --out threes.png
     scoresde demo --out demo/
     scoresde compare --quick --out results/
     scoresde compare --target imbalanced_2d ring8 --samplers heun ddim --nfe 10,20,50 --out out/
@@ -114,14 +116,17 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _data_source(spec: str):
+def _data_source(spec: str, labels: bool = False):
     """The data of ``--data`` (:func:`scoresde.data.data_source`); an unknown name is a usage error."""
     import os
 
-    from .data import data_source, dataset_names
+    from .data import data_source, dataset_names, labelled_names
 
+    if labels and spec not in labelled_names():
+        raise UsageError(f"--conditional needs labelled data: --data must be one of {', '.join(labelled_names())} "
+                         f"(digits with their digit, a reference target with its mixture component), got {spec!r}")
     try:
-        return data_source(spec)
+        return data_source(spec, labels=labels)
     except (ValueError, FileNotFoundError):
         if os.path.exists(spec):
             raise  # a file that cannot be used: a failure while running (status 1)
@@ -158,6 +163,8 @@ def _check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
 _TRAIN_DESCRIPTION = (
     "Train the default score model of a data set (ScoreMLP for vectors, UNet for digits) with "
     "denoising score matching; writes RUN_DIR/checkpoint.pt (latest) and RUN_DIR/loss.csv. "
+    "With --conditional the model is class-conditional (digits: their digit; a reference target: "
+    "its mixture component) and trained with label dropout for classifier-free guidance. "
     "A RUN_DIR that holds a run is continued with --resume or replaced with --overwrite, never "
     "silently. Under torchrun the processes train one model with DistributedDataParallel."
 )
@@ -167,6 +174,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``scoresde train`` (also those of ``python -m scoresde.training``)."""
     from .data import dataset_names
     from .sde import SDE_NAMES
+    from .training.config import TrainConfig
 
     d = TRAIN_DEFAULTS
     p.add_argument("--data", required=True, metavar="NAME|PATH",
@@ -186,6 +194,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"decay of the weight average in [0, 1) (default {d['ema_decay']})")
     p.add_argument("--hidden", type=_int_at_least(1), default=d["hidden"],
                    help=f"width of the ScoreMLP for vector data (default {d['hidden']})")
+    p.add_argument("--conditional", action="store_true",
+                   help="train a class-conditional model on the data's labels (digits, or a reference "
+                        "target's components), for scoresde sample --label/--guidance")
+    p.add_argument("--label-dropout", type=float, default=TrainConfig.label_dropout, metavar="P",
+                   help="with --conditional: probability in [0, 1] of training a batch row on the null label "
+                        f"(the unconditional model of classifier-free guidance; default {TrainConfig.label_dropout:g})")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
     p.add_argument("--checkpoint-every", type=_int_at_least(0), default=d["checkpoint_every"],
                    help=f"checkpoint period in steps (default {d['checkpoint_every']}; 0: only at the end)")
@@ -223,18 +237,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = train_config(args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every,
                            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                           ema_decay=args.ema_decay)
+                           ema_decay=args.ema_decay, label_dropout=args.label_dropout)
         device = resolve_device(args.device)
     except ValueError as err:
         raise UsageError(str(err)) from None
     _check_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
-    source = _data_source(args.data)
+    source = _data_source(args.data, labels=args.conditional)
     _set_threads(args.threads)
     start = time.perf_counter()
     with process_group(device):
         trainer = train_model(source, args.out, sde=args.sde, config=cfg, hidden=args.hidden,
                               resume=args.resume, progress=args.progress, device=device,
-                              data_name=args.data, overwrite=args.overwrite)
+                              data_name=args.data, overwrite=args.overwrite,
+                              conditional=args.conditional)
     if not trainer.is_main:
         return 0
     if trainer.resumed_step is not None and trainer.step == trainer.resumed_step:
@@ -350,7 +365,15 @@ def add_sample_parser(subparsers) -> None:
     p.add_argument("--steps", type=_int_at_least(1), default=100,
                    help="sampler steps (time intervals; default 100)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
+    p.add_argument("--label", type=_int_at_least(0), default=None, metavar="K",
+                   help="class to sample, 0..num_classes-1 (a checkpoint of scoresde train --conditional); "
+                        "default: unconditional samples")
+    p.add_argument("--guidance", type=float, default=0.0, metavar="W",
+                   help="classifier-free guidance weight w >= 0 with --label: the score (1+w) s(x,t,K) - w s(x,t); "
+                        "each score call then costs two network evaluations (default 0: the conditional score)")
     p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                   help="progress bar on stderr (default off)")
     p.add_argument("--data-overlay", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the training data recorded in the checkpoint behind the samples of a .png "
                         "(default on)")
@@ -370,14 +393,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_names("sampler", [args.sampler], sampler_names())
     if args.out.suffix.lower() not in _SAMPLE_SUFFIXES:
         raise UsageError(f"--out must end in one of {', '.join(_SAMPLE_SUFFIXES)}, got {str(args.out)!r}")
+    import math
+
+    if not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise UsageError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if args.guidance and args.label is None:
+        raise UsageError("--guidance needs --label (the class to guide towards)")
     _set_threads(args.threads)
     if args.model is not None:
         return _sample_local_model(args)
     model, spec = load_model(args.checkpoint)
+    score_fn, what = _conditioned(model, args)
     shape = (args.n, *spec["event_shape"])
     start = time.perf_counter()
-    out = sample(model.sde, model, shape, args.sampler, steps=args.steps,
-                 generator=torch.Generator().manual_seed(args.seed))
+    out = sample(model.sde, score_fn, shape, args.sampler, steps=args.steps,
+                 generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
     seconds = time.perf_counter() - start
     x = from_model_space(out.samples, spec)
     reference = None
@@ -385,8 +415,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         reference = _training_data(args.checkpoint, args.n, args.seed)
     _write_samples(x, args.out, reference=reference,
                    title=f"{args.checkpoint.parent.name or args.checkpoint}: {args.sampler}, "
-                         f"{args.steps} steps ({out.nfe} NFE)")
-    print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE, {seconds:.2f} s) written to {args.out}")
+                         f"{args.steps} steps ({out.nfe} NFE){what}")
+    cost = f"{out.nfe} NFE" + (f" = {2 * out.nfe} network evaluations" if args.guidance else "")
+    print(f"{args.n} samples{what} with {args.sampler} ({cost}, {seconds:.2f} s) written to {args.out}")
     return 0
 
 
@@ -406,17 +437,33 @@ def _sample_local_model(args: argparse.Namespace) -> int:
     from .samplers import sample
 
     local = _local_model(args.model)
-    if local.kind == "scoresde":  # the checkpoint path, with its data overlay
+    if local.kind == "scoresde":  # the checkpoint path, with its data overlay (and --label/--guidance)
         args.checkpoint, args.model = Path(local.path), None
         return cmd_sample(args)
+    if getattr(args, "label", None) is not None or getattr(args, "guidance", None):
+        raise UsageError("--label and --guidance need a class-conditional scoresde checkpoint, not a diffusers model")
     start = time.perf_counter()
     out = sample(local.sde, local.score_fn, (args.n, *local.event_shape), args.sampler, steps=args.steps,
-                 eps=local.eps, generator=torch.Generator().manual_seed(args.seed))
+                 eps=local.eps, generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
     seconds = time.perf_counter() - start
     _write_samples(local.to_data(out.samples), args.out,
                    title=f"{args.model.name or args.model}: {args.sampler}, {args.steps} steps ({out.nfe} NFE)")
     print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE, {seconds:.2f} s) written to {args.out}")
     return 0
+
+
+def _conditioned(model, args: argparse.Namespace):
+    """The score function of ``--label``/``--guidance`` and a description for titles and messages."""
+    k = model.num_classes
+    if args.label is None:
+        return model, ("" if k is None else ", unconditional")
+    if k is None:
+        raise UsageError(f"--label needs a class-conditional checkpoint (scoresde train --conditional); "
+                         f"{args.checkpoint} holds an unconditional model")
+    if args.label >= k:
+        raise UsageError(f"--label must be in 0..{k - 1} for this checkpoint ({k} classes), got {args.label}")
+    score_fn = model.guided(args.label, args.guidance) if args.guidance else model.conditional(args.label)
+    return score_fn, f", class {args.label}" + (f", guidance {args.guidance:g}" if args.guidance else "")
 
 
 def add_demo_parser(subparsers) -> None:
@@ -444,6 +491,9 @@ def add_demo_parser(subparsers) -> None:
     p.add_argument("--sample-steps", type=_int_at_least(1), default=100,
                    help="steps of every fixed-step sampler (default 100)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
+    p.add_argument("--seeds", type=_int_at_least(1), default=3,
+                   help="seeds the metrics are averaged over, each with its own data sample, prior draw "
+                        "and sampling noise (default 3; standard errors need >= 2)")
     p.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads (default 1)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run of an earlier demo in OUT/run (otherwise refused)")
@@ -452,18 +502,100 @@ def add_demo_parser(subparsers) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _demo_table(model, spec: dict, draw, args) -> dict:
+    """Every sampler's SW2/MMD against the data over ``args.seeds`` seeds, and the noise floor."""
+    import torch
+
+    from . import metrics
+    from ._checks import derive_seed
+    from .compare import over_seeds, rank
+    from .compare.noise import standard_error
+    from .samplers import names as sampler_names
+    from .samplers import sample
+    from .training import from_model_space
+
+    data_of = {}
+
+    def data(seed: int):  # the seed's data sample and a fresh one for its floor
+        if seed not in data_of:
+            g = torch.Generator().manual_seed(derive_seed(seed, "demo", "data"))
+            data_of[seed] = (draw(args.n, generator=g), draw(args.n, generator=g))
+        return data_of[seed]
+
+    def scores(x, seed: int) -> dict:
+        g = torch.Generator().manual_seed(derive_seed(seed, "demo", "projections"))
+        ref = data(seed)[0]
+        return {"sw2": float(metrics.sliced_wasserstein(x, ref, generator=g)), "mmd": float(metrics.mmd(x, ref))}
+
+    floor = over_seeds(lambda s: scores(data(s)[1], s), args.seeds, args.seed)
+    floor_rec = {"sampler": "data (fresh sample)", "nfe": 0, "seconds": 0.0, "seeds": args.seeds,
+                 **floor["mean"], "spread": floor["spread"]}
+    records, samples = [], {}
+    for name in sampler_names():
+        t0, outs = time.perf_counter(), {}
+
+        def run(seed: int, name=name, outs=outs) -> dict:
+            out = sample(model.sde, model, (args.n, *spec["event_shape"]), name, steps=args.sample_steps,
+                         generator=torch.Generator().manual_seed(derive_seed(seed, "demo", name)))
+            outs[seed] = out
+            return scores(from_model_space(out.samples, spec), seed)
+
+        try:
+            summary = over_seeds(run, args.seeds, args.seed)
+        except (ValueError, RuntimeError, FloatingPointError) as err:  # report, keep going
+            records.append({"sampler": name, "nfe": None, "seconds": None, "sw2": None, "mmd": None,
+                            "error": f"{type(err).__name__}: {err}"})
+            continue
+        first = outs[args.seed]
+        records.append({"sampler": name, "target": args.data, "budget": args.sample_steps, "status": "ok",
+                        "nfe": first.nfe, "seconds": (time.perf_counter() - t0) / args.seeds,
+                        "seeds": args.seeds, **summary["mean"], "spread": summary["spread"],
+                        "noise_floor": floor["mean"], "noise_floor_spread": floor["spread"]})
+        samples[name] = from_model_space(first.samples, spec)
+    ranked = {r["sampler"]: r for r in rank([r for r in records if r["nfe"] is not None], metrics=("sw2", "mmd"))}
+    rows = [floor_rec | {"sw2_se": standard_error(floor_rec, "sw2"), "mmd_se": standard_error(floor_rec, "mmd")}]
+    for r in records:
+        if r["nfe"] is None:
+            rows.append(r)
+            continue
+        r = ranked[r["sampler"]]
+        marks = {m: r["noise_marks"][m]["vs_floor"] for m in ("sw2", "mmd")}
+        rows.append({k: r[k] for k in ("sampler", "nfe", "seconds", "seeds", "sw2", "mmd", "spread")}
+                    | {"sw2_se": standard_error(r, "sw2"), "mmd_se": standard_error(r, "mmd"), "vs_floor": marks})
+    titled = {}
+    for r in rows[1:]:
+        if r["nfe"] is not None:
+            mark = " ≈" if (r.get("vs_floor") or {}).get("sw2") == "≈" else ""
+            titled[f"{r['sampler']} ({r['nfe']} NFE){mark}"] = samples[r["sampler"]]
+    return {"rows": rows, "samples": titled, "reference": data(args.seed)[0]}
+
+
+def _demo_markdown(rows: list[dict], seeds: int) -> str:
+    def cell(mean, se) -> str:
+        return f"{mean:.4f}" if se is None else f"{mean:.4f} ± {se:.4f}"
+
+    lines = ["| sampler | NFE | wall time (s) | SW2 | MMD | vs floor (SW2, MMD) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["nfe"] is None:
+            lines.append(f"| {r['sampler']} | – | – | {r['error']} | | |")
+            continue
+        marks = r.get("vs_floor")
+        vs = "floor" if marks is None else ", ".join(marks[m] or "?" for m in ("sw2", "mmd"))
+        lines.append(f"| {r['sampler']} | {r['nfe']} | {r['seconds']:.2f} | {cell(r['sw2'], r['sw2_se'])} | "
+                     f"{cell(r['mmd'], r['mmd_se'])} | {vs} |")
+    if seeds < 2:
+        lines.append("")
+        lines.append("(one seed: no standard errors, so no difference can be called within or beyond noise)")
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train, sample with every sampler, score against fresh data, write figure and tables."""
     import json
 
-    import torch
-
-    from . import metrics
     from .data import dataset_sampler
     from .plotting import plot_samples
-    from .samplers import names as sampler_names
-    from .samplers import sample
-    from .training import from_model_space, load_model, train_model
+    from .training import load_model, train_model
 
     try:
         draw = dataset_sampler(args.data)
@@ -478,44 +610,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train_s = time.perf_counter() - start
     print(f"trained {trainer.step} steps on {args.data} in {train_s:.1f} s")
     model, spec = load_model(trainer.checkpoint_path)
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    data, fresh = draw(args.n, generator=gen), draw(args.n, generator=gen)
-    rows = [{"sampler": "data (fresh sample)", "nfe": 0, "seconds": 0.0,
-             "sw2": float(metrics.sliced_wasserstein(fresh, data, generator=gen)),
-             "mmd": float(metrics.mmd(fresh, data))}]
-    samples = {}
-    for name in sampler_names():
-        t0 = time.perf_counter()
-        try:
-            out = sample(model.sde, model, (args.n, *spec["event_shape"]), name,
-                         steps=args.sample_steps, generator=torch.Generator().manual_seed(args.seed))
-        except (ValueError, RuntimeError, FloatingPointError) as err:  # report, keep going
-            rows.append({"sampler": name, "nfe": None, "seconds": None, "sw2": None, "mmd": None,
-                         "error": f"{type(err).__name__}: {err}"})
-            continue
-        x = from_model_space(out.samples, spec)
-        samples[f"{name} ({out.nfe} NFE)"] = x
-        rows.append({"sampler": name, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
-                     "sw2": float(metrics.sliced_wasserstein(x, data, generator=gen)),
-                     "mmd": float(metrics.mmd(x, data))})
+    result = _demo_table(model, spec, draw, args)
+    rows, samples = result["rows"], result["samples"]
     args.out.mkdir(parents=True, exist_ok=True)
-    fig = plot_samples(samples, reference=data, ncols=4, title=f"{args.data}: samples per sampler")
+    fig = plot_samples(samples, reference=result["reference"], ncols=4,
+                       title=f"{args.data}: samples per sampler (≈: within noise of the data's own floor)")
     fig.savefig(args.out / "demo.png", dpi=90)
-    lines = ["| sampler | NFE | wall time (s) | SW2 | MMD |", "|---|---|---|---|---|"]
-    for r in rows:
-        if r["nfe"] is None:
-            lines.append(f"| {r['sampler']} | – | – | {r['error']} | |")
-        else:
-            lines.append(f"| {r['sampler']} | {r['nfe']} | {r['seconds']:.2f} | {r['sw2']:.4f} | "
-                         f"{r['mmd']:.4f} |")
-    table = "\n".join(lines)
+    table = _demo_markdown(rows, args.seeds)
     (args.out / "demo.md").write_text(
         f"# scoresde demo: {args.data}, {trainer.step} training steps ({train_s:.0f} s)\n\n"
-        f"SW2 and MMD against a fresh sample of the data; the first row is the noise floor.\n\n"
+        f"SW2 and MMD against a sample of the data, mean ± standard error over {args.seeds} seeds "
+        "(each seed: its own data sample, prior draw and sampling noise). The first row is the noise "
+        "floor: a second, fresh sample of the data scored the same way. 'vs floor' says whether a "
+        "sampler's SW2 is within two standard errors of the floor (≈) or above it (>); ranking "
+        "samplers whose difference is within noise is not meaningful.\n\n"
         f"{table}\n", encoding="utf-8")
     (args.out / "demo.json").write_text(
         json.dumps({"data": args.data, "train_steps": trainer.step, "train_seconds": train_s,
-                    "n": args.n, "rows": rows}, indent=2), encoding="utf-8")
+                    "n": args.n, "seeds": args.seeds, "rows": rows}, indent=2), encoding="utf-8")
     print(table)
     print(f"wrote demo.png, demo.md, demo.json to {args.out} in {time.perf_counter() - start:.0f} s")
     return 0
@@ -573,7 +685,8 @@ def add_compare_parser(subparsers) -> None:
     p.add_argument("--memory", choices=("rss", "tracemalloc", "none"), default="rss",
                    help="how to measure peak memory on the CPU (default rss)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNGs")
-    p.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                   help="progress bar on stderr (default off)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     p.set_defaults(func=cmd_compare)
 

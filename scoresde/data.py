@@ -15,6 +15,12 @@ a file path, a tensor or a sampling function) is resolved: into a fixed tensor o
 function, which :class:`DataStream` turns into reproducible, checkpointable mini-batches.
 :func:`get_dataset` draws a tensor from a name or a path through it.
 
+*Labelled data* (for class-conditional models, :doc:`/guide/training`): with ``labels=True``
+the digits come with their digit and the reference targets with the index of the mixture
+component each point was drawn from (so the class-conditional truth is exact); a tuple
+``(x, y)`` of a data tensor and integer labels is labelled data as it is. Labelled sources are
+a tuple of tensors or a sampling function returning ``(x, y)``, and streams yield ``(x, y)``.
+
 Every random function takes a ``generator`` (:class:`torch.Generator`); samples are drawn on
 the generator's device. The same seed gives the same data, whatever ran before.
 """
@@ -43,6 +49,7 @@ __all__ = [
     "data_source",
     "dataset_names",
     "dataset_sampler",
+    "labelled_names",
     "DataStream",
 ]
 
@@ -210,6 +217,27 @@ def _target_sampler(name: str) -> Callable[..., torch.Tensor]:
     return sample_target
 
 
+def _labelled_target_sampler(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    target = make_target(name)
+    chol = torch.linalg.cholesky(target.covariances)
+
+    def sample_target_labelled(n: int, generator: torch.Generator | None = None):
+        _check_generator(generator)
+        n = check_int("n", n)
+        device = _device(generator)
+        k = torch.multinomial(target.weights.to(device), n, replacement=True, generator=generator)
+        z = torch.randn(n, target.dim, generator=generator, device=device, dtype=torch.float64)
+        kc = k.cpu()
+        x = target.means[kc] + torch.einsum("nij,nj->ni", chol[kc], z.cpu())
+        return x.to(device=device, dtype=torch.float32), k
+
+    sample_target_labelled.__name__ = sample_target_labelled.__qualname__ = f"sample_{name}_labelled"
+    sample_target_labelled.__doc__ = (f"Draw ``n`` points of the reference target ``{name!r}`` (float32) "
+                                      "and the index of the component each comes from (int64).")
+    sample_target_labelled.num_classes = target.n_components
+    return sample_target_labelled
+
+
 # --------------------------------------------------------------------------------------
 # names
 # --------------------------------------------------------------------------------------
@@ -223,6 +251,22 @@ def dataset_names() -> list[str]:
     ['8gaussians', 'anisotropic_64d', 'checkerboard']
     """
     return sorted([*_TOY, *target_names(), "digits"])
+
+
+def labelled_names() -> list[str]:
+    """Names that :func:`data_source` resolves with ``labels=True``: ``"digits"`` and the targets.
+
+    The labels of ``"digits"`` are the digits ``0..9``; those of a reference target
+    (:func:`scoresde.target_names`) are the mixture component each point was drawn from,
+    ``0..K-1``.
+
+    Examples
+    --------
+    >>> from scoresde.data import labelled_names
+    >>> "digits" in labelled_names(), "moons" in labelled_names()
+    (True, False)
+    """
+    return sorted([*target_names(), "digits"])
 
 
 def dataset_sampler(name: str) -> Callable[..., torch.Tensor]:
@@ -426,14 +470,26 @@ def load_file(path: str | os.PathLike) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 # the single entry point
 # --------------------------------------------------------------------------------------
-def _subset(data: torch.Tensor, n: int | None, generator, what: str) -> torch.Tensor:
+def _rows(data, idx: torch.Tensor):
+    """Rows ``idx`` of a tensor or of each tensor of a labelled tuple ``(x, y)``."""
+    if isinstance(data, tuple):
+        return tuple(v[idx.to(v.device)] for v in data)
+    return data[idx.to(data.device)]
+
+
+def _subset(data, n: int | None, generator, what: str):
     if n is None:
         return data
     n = check_int("n", n)
-    if n > data.shape[0]:
-        raise ValueError(f"n must be <= {data.shape[0]} (the size of {what}), got {n}")
-    idx = torch.randperm(data.shape[0], generator=generator, device=_device(generator))[:n]
-    return data[idx.to(data.device)]
+    size = _length(data)
+    if n > size:
+        raise ValueError(f"n must be <= {size} (the size of {what}), got {n}")
+    idx = torch.randperm(size, generator=generator, device=_device(generator))[:n]
+    return _rows(data, idx)
+
+
+def _length(data) -> int:
+    return int((data[0] if isinstance(data, tuple) else data).shape[0])
 
 
 def _is_path(spec) -> bool:
@@ -443,7 +499,21 @@ def _is_path(spec) -> bool:
     return os.path.splitext(spec)[1].lower() in _FILE_SUFFIXES or os.path.exists(spec)
 
 
-def data_source(data) -> torch.Tensor | Callable[..., torch.Tensor]:
+def _check_labelled(data: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(data) != 2 or not all(isinstance(v, torch.Tensor) for v in data):
+        raise TypeError("data given as a tuple must be (x, y): a data tensor and a tensor of integer labels")
+    x, y = data
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1:
+        raise ValueError(f"labels y must be an integer tensor of shape (n,), got dtype {y.dtype}, "
+                         f"shape {tuple(y.shape)}")
+    if x.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and labels y must have the same length, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError(f"labels y must be >= 0, got {int(y.min())}")
+    return x, y
+
+
+def data_source(data, labels: bool = False):
     """Resolve a data specification into what a :class:`DataStream` draws from.
 
     This is the one place where data are dispatched on their kind: the trainer, the training
@@ -454,14 +524,21 @@ def data_source(data) -> torch.Tensor | Callable[..., torch.Tensor]:
     data : str, os.PathLike, Tensor or callable
         A generated set's name (toy 2-D sets and reference targets, see :func:`dataset_names`),
         ``"digits"``, the path of a ``.npy``/``.pt``/``.csv`` file (see :func:`load_file`), a
-        tensor ``(n, *event_shape)``, or a sampling function ``fn(n, generator=None)``.
+        tensor ``(n, *event_shape)``, a tuple ``(x, y)`` of a tensor and its integer labels
+        ``(n,)``, or a sampling function ``fn(n, generator=None)``.
+    labels : bool
+        Resolve a name of :func:`labelled_names` into labelled data: ``"digits"`` gives the
+        tuple ``(images, digits)`` of the training split, a reference target a sampling
+        function returning ``(x, component)`` (with attribute ``num_classes``, the number of
+        components). Files, tensors and the toy sets carry no labels (a ``ValueError``); a
+        tuple or a callable is returned as it is.
 
     Returns
     -------
-    Tensor or callable
+    Tensor, tuple or callable
         A fixed data set (``"digits"``: the training split of :func:`digits`; a file; the tensor
-        itself), or the sampling function of a generated set (:func:`dataset_sampler`; a
-        callable itself).
+        itself; a labelled tuple ``(x, y)``), or the sampling function of a generated set
+        (:func:`dataset_sampler`; a callable itself).
 
     Raises
     ------
@@ -478,7 +555,21 @@ def data_source(data) -> torch.Tensor | Callable[..., torch.Tensor]:
     >>> from scoresde.data import data_source
     >>> data_source("moons").__name__, data_source(torch.zeros(3, 2)).shape
     ('moons', torch.Size([3, 2]))
+    >>> x, y = data_source("digits", labels=True); x.shape, y.shape
+    (torch.Size([1437, 1, 8, 8]), torch.Size([1437]))
+    >>> data_source("imbalanced_2d", labels=True).num_classes   # its three components
+    3
     """
+    if isinstance(data, tuple):
+        return _check_labelled(data)
+    if labels and not callable(data):
+        if isinstance(data, str) and data in labelled_names():
+            return digits("train") if data == "digits" else _labelled_target_sampler(data)
+        what = repr(os.fspath(data)) if isinstance(data, (str, os.PathLike)) else "a tensor"
+        raise ValueError(
+            f"labels=True: {what} carries no labels; labelled data: {', '.join(labelled_names())}, "
+            "or a tuple (x, y) of a tensor and integer labels"
+        )
     if isinstance(data, torch.Tensor):
         return data
     if isinstance(data, str) and data in dataset_names():
@@ -493,8 +584,8 @@ def data_source(data) -> torch.Tensor | Callable[..., torch.Tensor]:
     if callable(data):
         return data
     raise TypeError(
-        "data must be a tensor, a data set name or path, or a sampling function "
-        f"fn(n, generator), got {type(data).__name__}"
+        "data must be a tensor, a data set name or path, or a sampling function fn(n, generator) "
+        f"(or a labelled tuple (x, y)), got {type(data).__name__}"
     )
 
 
@@ -502,7 +593,8 @@ def get_dataset(
     name_or_path: str | os.PathLike,
     n: int | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+    labels: bool = False,
+):
     """A data set as a tensor, from a name of :func:`dataset_names` or a file path.
 
     Parameters
@@ -516,11 +608,15 @@ def get_dataset(
         (digits, files) return a random subset of ``n`` rows, or everything when ``n`` is None.
     generator : torch.Generator, optional
         Source of randomness for the draw or the subset.
+    labels : bool
+        Also return the labels (names of :func:`labelled_names` only; see
+        :func:`data_source`).
 
     Returns
     -------
-    Tensor
-        Shape ``(n, *event_shape)``, float32.
+    Tensor, or tuple of Tensor
+        Shape ``(n, *event_shape)``, float32; with ``labels=True`` the tuple ``(x, y)`` with
+        int64 labels ``y`` of shape ``(n,)``.
 
     Examples
     --------
@@ -534,7 +630,7 @@ def get_dataset(
         raise TypeError(
             f"name_or_path must be a str or os.PathLike, got {type(name_or_path).__name__}"
         )
-    source = data_source(name_or_path)
+    source = data_source(name_or_path, labels=labels)
     if callable(source):
         return source(DEFAULT_N if n is None else n, generator=generator)
     what = "the digits training split" if name_or_path == "digits" else repr(os.fspath(name_or_path))
@@ -552,6 +648,9 @@ class DataStream:
       ``batch_size`` is dropped (every batch has exactly ``batch_size`` distinct rows).
     - From a **sampling function** ``fn(n, generator=None)`` (e.g. :func:`moons` or
       :func:`dataset_sampler`): every batch is a fresh draw of ``batch_size`` points.
+    - From **labelled data**, a tuple ``(x, y)`` of tensors with the same first dimension:
+      as from a tensor, each batch the tuple ``(x[idx], y[idx])`` of the same rows (a labelled
+      sampling function's batches are its ``(x, y)`` draws).
 
     :meth:`state_dict` captures the generator state and the position (plain tensors and ints,
     loadable with ``torch.load(..., weights_only=True)``); after :meth:`load_state_dict` the
@@ -559,8 +658,8 @@ class DataStream:
 
     Parameters
     ----------
-    data : Tensor or callable
-        The data set or the sampling function.
+    data : Tensor, tuple of Tensor or callable
+        The data set, a labelled data set ``(x, y)``, or the sampling function.
     batch_size : int
         Rows per batch (<= ``n`` for a tensor).
     generator : torch.Generator, optional
@@ -586,24 +685,32 @@ class DataStream:
             generator = torch.Generator()
             generator.seed()
         self.generator = generator
-        if isinstance(data, torch.Tensor):
-            if data.ndim < 1 or data.shape[0] == 0:
+        if isinstance(data, tuple):
+            if len(data) != 2 or not all(isinstance(v, torch.Tensor) for v in data):
+                raise TypeError("data given as a tuple must be (x, y), two tensors")
+            if data[0].ndim < 1 or data[1].ndim < 1 or data[0].shape[0] != data[1].shape[0]:
+                raise ValueError(f"data (x, y) must have the same number of rows, got {tuple(data[0].shape)} "
+                                 f"and {tuple(data[1].shape)}")
+        if isinstance(data, (torch.Tensor, tuple)):
+            first = data[0] if isinstance(data, tuple) else data
+            if first.ndim < 1 or first.shape[0] == 0:
                 raise ValueError(
-                    f"data must have shape (n, *event_shape) with n >= 1, got {tuple(data.shape)}"
+                    f"data must have shape (n, *event_shape) with n >= 1, got {tuple(first.shape)}"
                 )
-            if self.batch_size > data.shape[0]:
+            size = _length(data)
+            if self.batch_size > size:
                 raise ValueError(
-                    f"batch_size must be <= the number of samples ({data.shape[0]}), got "
+                    f"batch_size must be <= the number of samples ({size}), got "
                     f"{self.batch_size}"
                 )
-            self.data: torch.Tensor | None = data
+            self.data: torch.Tensor | tuple | None = data
             self.sampler: Callable | None = None
         elif callable(data):
             self.data, self.sampler = None, data
         else:
             raise TypeError(
-                f"data must be a tensor (n, *event_shape) or a function fn(n, generator), got "
-                f"{type(data).__name__}"
+                f"data must be a tensor (n, *event_shape), a tuple (x, y) or a function fn(n, generator), "
+                f"got {type(data).__name__}"
             )
         self.epoch = 0
         self.batches_drawn = 0
@@ -618,11 +725,11 @@ class DataStream:
     def __iter__(self) -> DataStream:
         return self
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self):
         self.batches_drawn += 1
         if self.data is None:
             return self.sampler(self.batch_size, generator=self.generator)
-        n = self.data.shape[0]
+        n = _length(self.data)
         if self._perm is None:
             self._perm = torch.randperm(n, generator=self.generator, device=self.generator.device)
             self._pos = 0
@@ -632,14 +739,14 @@ class DataStream:
             self.epoch += 1
         idx = self._perm[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
-        return self.data[idx.to(self.data.device)]
+        return _rows(self.data, idx)
 
     def state_dict(self) -> dict:
         """The stream's position and generator state (tensors and ints only)."""
         return {
             "kind": self.kind,
             "batch_size": self.batch_size,
-            "n": -1 if self.data is None else int(self.data.shape[0]),
+            "n": -1 if self.data is None else _length(self.data),
             "epoch": self.epoch,
             "batches_drawn": self.batches_drawn,
             "pos": self._pos,
@@ -663,7 +770,7 @@ class DataStream:
         missing = keys - set(state)
         if missing:
             raise ValueError(f"state is missing the keys {sorted(missing)}")
-        n = -1 if self.data is None else int(self.data.shape[0])
+        n = -1 if self.data is None else _length(self.data)
         ours = (self.kind, self.batch_size, n)
         theirs = (state["kind"], state["batch_size"], state["n"])
         if ours != theirs:

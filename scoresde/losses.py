@@ -2,9 +2,12 @@ r"""Score-matching objectives.
 
 - :func:`dsm_loss` — denoising score matching over the forward SDE (Vincent 2011; Song et al.
   2021, eq. 7), with the :math:`\sigma^2`, likelihood (:math:`g^2`) and flat weightings and
-  importance sampling of ``t`` for the likelihood weighting;
+  importance sampling of ``t`` for the likelihood weighting, conditional on class labels when
+  given (``labels=``), with :func:`drop_labels` for classifier-free guidance training;
 - :func:`ddpm_loss` — the ε-prediction loss of DDPM (Ho et al. 2020, Alg. 1), DSM with
   :math:`\lambda = \sigma^2` on the discrete chain;
+- :func:`edm_loss` — the denoiser loss of EDM (Karras et al. 2022, eq. 8 and Table 1):
+  log-normal noise levels and the weighting :math:`(\tilde\sigma^2 + \sigma_d^2)/(\tilde\sigma\sigma_d)^2`;
 - :func:`sliced_score_matching_loss`, :func:`implicit_score_matching_loss` — objectives that
   need only data samples, not a noising process (Song et al. 2019; Hyvärinen 2005);
 - :func:`explicit_score_matching_loss` — the regression on a known score (reference targets).
@@ -27,19 +30,22 @@ the ``generator`` argument (on its device), in a documented order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
-from ._checks import bcast, check_end_time, check_int, check_tensor
+from ._checks import bcast, check_end_time, check_int, check_linear, check_positive, check_tensor
 from .sde import SDE, DiscreteSchedule
 
 __all__ = [
     "dsm_loss",
     "ddpm_loss",
+    "edm_loss",
     "sliced_score_matching_loss",
     "implicit_score_matching_loss",
     "explicit_score_matching_loss",
+    "drop_labels",
     "WEIGHTINGS",
 ]
 
@@ -68,6 +74,17 @@ def _check_output(name: str, out, x: torch.Tensor) -> torch.Tensor:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"{name} must return a tensor shaped like x {tuple(x.shape)}, got {got}")
     return out
+
+
+def _check_labels(labels, n: int | None) -> None:
+    """``labels`` must be an integer tensor ``(n,)`` (any length when ``n`` is None)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of integer labels, got {type(labels).__name__}")
+    bad_dtype = labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
+    if bad_dtype or labels.ndim != 1 or (n is not None and labels.shape[0] != n):
+        want = f"({n},)" if n is not None else "(batch,)"
+        raise ValueError(f"labels must be an integer tensor of shape {want}, got dtype {labels.dtype}, "
+                         f"shape {tuple(labels.shape)}")
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -121,8 +138,9 @@ def dsm_loss(
     importance_sampling: bool = False,
     reduction: str = "mean",
     generator: torch.Generator | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Denoising score matching over the forward SDE (Vincent 2011; Song et al. 2021, eq. 7).
+    r"""Denoising score matching over the forward SDE (Vincent 2011; Song et al. 2021, equation 7).
 
     .. math:: \mathcal L(\theta) = \mathbb E_{t \sim \mathcal U(\epsilon, T)}\, \lambda(t)\,
               \mathbb E_{x_0, z}\,\big\|s_\theta(x_t, t) + z/\sigma(t)\big\|^2, \qquad
@@ -174,6 +192,10 @@ def dsm_loss(
         Batch mean, or the per-sample losses ``(batch,)``.
     generator : torch.Generator, optional
         Draws, in this order: ``t`` (``(batch,)`` uniforms), then ``z`` (shaped like ``x0``).
+    labels : Tensor, optional
+        Class labels ``(batch,)`` (integers) of a class-conditional model: the model is called
+        as ``model(x_t, t, labels)`` and the loss is DSM for :math:`\nabla\log p_t(x \mid y)`
+        (the null label trains the unconditional score; see :func:`drop_labels`).
 
     Returns
     -------
@@ -203,6 +225,8 @@ def dsm_loss(
     if importance_sampling and weighting != "g2":
         raise ValueError(f"importance_sampling=True is only defined for weighting='g2', got weighting={weighting!r}")
     n = x0.shape[0]
+    if labels is not None:
+        _check_labels(labels, n)
     if importance_sampling:
         t, Z = _importance_times(sde, n, eps, x0, generator)
     else:
@@ -210,7 +234,8 @@ def dsm_loss(
     z = _draw("randn", x0.shape, x0, generator)
     mean, sigma = sde.marginal(x0, t)
     x_t = mean + bcast(sigma, x0) * z
-    score = _check_output("model_or_score_fn", model_or_score_fn(x_t, t), x0)
+    out = model_or_score_fn(x_t, t) if labels is None else model_or_score_fn(x_t, t, labels)
+    score = _check_output("model_or_score_fn", out, x0)
     err = _sqnorm(bcast(sigma, x0) * score + z)  # ‖σ s + z‖² = σ² ‖s + z/σ‖²
     if importance_sampling:
         per_sample = Z / (sde.T - eps) * err
@@ -223,6 +248,55 @@ def dsm_loss(
     return _reduce(per_sample, reduction)
 
 
+def drop_labels(
+    labels: torch.Tensor,
+    p: float,
+    null_label: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Label dropout for classifier-free guidance (Ho & Salimans 2021, Algorithm 1).
+
+    Each label is replaced by the null label :math:`\varnothing` independently with
+    probability ``p``,
+
+    .. math:: \tilde y_i = \begin{cases} \varnothing & u_i < p \\ y_i & \text{otherwise}
+              \end{cases}, \qquad u_i \sim \mathcal U(0, 1),
+
+    so one network, trained by :func:`dsm_loss` on ``(x, ỹ)``, learns the conditional scores
+    :math:`\nabla\log p_t(x \mid y)` and (on the dropped fraction) the unconditional score
+    :math:`\nabla\log p_t(x)` that guidance combines.
+
+    Parameters
+    ----------
+    labels : Tensor
+        Integer labels ``(batch,)``.
+    p : float
+        Dropout probability in ``[0, 1]`` (0 returns ``labels`` unchanged, drawing nothing).
+    null_label : int
+        The index of "no label" (``model.null_label``, the number of classes).
+    generator : torch.Generator, optional
+        Draws ``(batch,)`` uniforms on its device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scoresde.losses import drop_labels
+    >>> y = drop_labels(torch.zeros(100_000, dtype=torch.long), 0.1, 10,
+    ...                 generator=torch.Generator().manual_seed(0))
+    >>> round(float((y == 10).double().mean()), 2)
+    0.1
+    """
+    _check_labels(labels, None)
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must lie in [0, 1], got {p!r}")
+    null_label = check_int("null_label", null_label)
+    if p == 0.0:
+        return labels
+    u = _draw("rand", labels.shape, torch.empty(0, device=labels.device), generator)
+    return torch.where(u < p, torch.full_like(labels, null_label), labels)
+
+
 def ddpm_loss(
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     schedule: DiscreteSchedule,
@@ -230,7 +304,7 @@ def ddpm_loss(
     reduction: str = "mean",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""The ε-prediction loss of DDPM (Ho et al. 2020, Alg. 1, their :math:`L_{\rm simple}`).
+    r"""The ε-prediction loss of DDPM (Ho et al. 2020, Algorithm 1, their :math:`L_{\rm simple}`).
 
     .. math:: \mathcal L = \mathbb E_{i, x_0, \epsilon}\,
               \big\|\epsilon - \epsilon_\theta\big(\sqrt{\bar\alpha_i}\,x_0
@@ -289,6 +363,106 @@ def ddpm_loss(
     return _reduce(_sqnorm(noise - out), reduction)
 
 
+def edm_loss(
+    model_or_score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: SDE,
+    x0: torch.Tensor,
+    P_mean: float = -1.2,
+    P_std: float = 1.2,
+    sigma_data: float = 0.5,
+    reduction: str = "mean",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""The EDM training loss (Karras et al. 2022, eq. 8 and Table 1, "Training").
+
+    .. math:: \mathcal L = \mathbb E_{\tilde\sigma, x_0, z}\,\lambda(\tilde\sigma)\,
+              \big\|D(x_t, t) - x_0\big\|^2, \qquad
+              \log\tilde\sigma \sim \mathcal N(P_{\rm mean}, P_{\rm std}^2), \qquad
+              \lambda(\tilde\sigma) = \frac{\tilde\sigma^2 + \sigma_d^2}{(\tilde\sigma\,\sigma_d)^2},
+
+    where :math:`\tilde\sigma = \sigma(t)/s(t)` is the noise-to-signal ratio of time ``t``
+    (``t = sde.t_from_log_snr(-log σ̃)``, clamped to ``[0, T]``; on :class:`~scoresde.EDMSDE`
+    ``t = σ̃``), :math:`x_t = s(t)\,x_0 + \sigma(t)\,z` and :math:`D` the model's data
+    prediction :math:`\hat x_0` (read through :class:`~scoresde.predict.PredictionAdapter`: the
+    denoiser of a :class:`~scoresde.ScoreModel` with ``parameterization="edm"``, or Tweedie's
+    :math:`\hat x_0` of any score function). The squared norm is summed over event dimensions.
+    With the weighting, the loss of the exact denoiser of data with variance :math:`\sigma_d^2`
+    per dimension is :math:`d` at every noise level (the posterior variance
+    :math:`\sigma_d^2\tilde\sigma^2/(\sigma_d^2 + \tilde\sigma^2)` times
+    :math:`\lambda`), and for Gaussian data :math:`\mathcal N(\mu, \Sigma)` its minimum is
+    :math:`\mathbb E\,\lambda(\tilde\sigma)\operatorname{tr}\big(\tilde\sigma^2\Sigma
+    (\Sigma + \tilde\sigma^2 I)^{-1}\big)`.
+
+    Parameters
+    ----------
+    model_or_score_fn : callable
+        A model or score function (see above).
+    sde : LinearSDE
+        Forward process (provides :math:`s, \sigma` and the map from :math:`\tilde\sigma` to ``t``).
+    x0 : Tensor
+        Data batch ``(batch, *event_shape)``.
+    P_mean, P_std : float
+        Mean and standard deviation (> 0) of :math:`\log\tilde\sigma` (EDM: -1.2, 1.2).
+    sigma_data : float
+        :math:`\sigma_d` (> 0) of the weighting; use the model's own (default 0.5).
+    reduction : {"mean", "none"}
+        Batch mean, or per-sample losses ``(batch,)``.
+    generator : torch.Generator, optional
+        Draws, in this order: :math:`\log\tilde\sigma` (``(batch,)`` normals), then ``z``
+        (shaped like ``x0``).
+
+    Returns
+    -------
+    Tensor
+        Scalar (or ``(batch,)``), differentiable with respect to the model's parameters.
+
+    References
+    ----------
+    Karras, Aittala, Aila & Laine (2022), *Elucidating the design space of diffusion-based
+    generative models*, NeurIPS.
+
+    Examples
+    --------
+    >>> import torch, scoresde as sd
+    >>> sde = sd.EDMSDE()
+    >>> target = sd.Gaussian(torch.zeros(2), 0.25 * torch.eye(2))   # variance sigma_data² = 0.25
+    >>> x0 = target.sample(20000, generator=torch.Generator().manual_seed(0))
+    >>> loss = sd.edm_loss(target.score_fn(sde), sde, x0, generator=torch.Generator().manual_seed(1))
+    >>> round(float(loss), 1)          # the exact denoiser: d = 2 at every noise level
+    2.0
+    """
+    from ._runtime import CountingScore
+    from .predict import PredictionAdapter
+
+    _check_callable("model_or_score_fn", model_or_score_fn)
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresde SDE, got {type(sde).__name__}")
+    check_linear(sde, "edm_loss")
+    check_tensor("x0", x0, min_dim=2)
+    _check_choice("reduction", reduction, _REDUCTIONS)
+    try:
+        P_mean = float(P_mean)
+    except (TypeError, ValueError):
+        raise TypeError(f"P_mean must be a real number, got {type(P_mean).__name__}") from None
+    if not math.isfinite(P_mean):
+        raise ValueError(f"P_mean must be finite, got {P_mean}")
+    P_std = check_positive("P_std", P_std)
+    sigma_data = check_positive("sigma_data", sigma_data)
+    n = x0.shape[0]
+    log_sigma = P_mean + P_std * _draw("randn", (n,), x0, generator)
+    t = sde.t_from_log_snr(-log_sigma.double()).clamp(0.0, sde.T)
+    t = torch.where(t > 0, t, torch.full_like(t, sde.T * 1e-12)).to(x0.dtype)
+    z = _draw("randn", x0.shape, x0, generator)
+    s, sigma = sde.scale_std(t)
+    x_t = bcast(s, x0) * x0 + bcast(sigma, x0) * z
+    checked = CountingScore(model_or_score_fn, "edm_loss", check_finite=False)  # shape checks
+    pred = PredictionAdapter(sde, checked, who="edm_loss")
+    d = pred.x0(x_t, t, s=s, sigma=sigma)
+    sig_t = sigma / s
+    weight = (sig_t**2 + sigma_data**2) / (sig_t * sigma_data) ** 2
+    return _reduce(weight * _sqnorm(d - x0), reduction)
+
+
 # -- data-only objectives ----------------------------------------------------------------------
 
 
@@ -316,7 +490,7 @@ def sliced_score_matching_loss(
     reduction: str = "mean",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""Sliced score matching (Song, Garg, Shi & Ermon 2019, eq. 7).
+    r"""Sliced score matching (Song, Garg, Shi & Ermon 2019, equation 7).
 
     .. math:: J_{\rm SSM}(\theta) = \mathbb E_{x}\,\mathbb E_{v}\Big[v^\top \nabla_x s_\theta(x)\, v
               + \tfrac12\big(v^\top s_\theta(x)\big)^2\Big],
@@ -375,7 +549,7 @@ def implicit_score_matching_loss(
     x: torch.Tensor,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    r"""Implicit score matching (Hyvärinen 2005, Thm. 1).
+    r"""Implicit score matching (Hyvärinen 2005, Theorem 1).
 
     .. math:: J_{\rm ISM}(\theta) = \mathbb E_{x \sim p}\Big[\tfrac12\|s_\theta(x)\|^2
               + \operatorname{div} s_\theta(x)\Big]
@@ -425,7 +599,7 @@ def explicit_score_matching_loss(
     true_score,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    r"""Explicit score matching: the regression on a known score (Hyvärinen 2005, eq. 2).
+    r"""Explicit score matching: the regression on a known score (Hyvärinen 2005, equation 2).
 
     .. math:: J_{\rm ESM}(\theta) = \mathbb E_{x \sim p}\,
               \tfrac12\,\|s_\theta(x) - \nabla\log p(x)\|^2.

@@ -49,6 +49,7 @@ from ._runtime import time_vector
 
 __all__ = [
     "PREDICTIONS",
+    "NATIVE_ALIASES",
     "NativePrediction",
     "PredictionAdapter",
     "convert",
@@ -58,6 +59,10 @@ __all__ = [
 
 #: The quantities a model may predict: noise, score, clean data, velocity.
 PREDICTIONS: tuple[str, ...] = ("eps", "score", "x0", "v")
+
+#: Model parameterisations that predict one of :data:`PREDICTIONS` under another name: EDM's
+#: preconditioned denoiser :math:`D(\tilde x; \tilde\sigma)` (Karras et al. 2022) is an x₀-prediction.
+NATIVE_ALIASES: dict[str, str] = {"edm": "x0"}
 
 Scale = float | torch.Tensor
 
@@ -176,6 +181,8 @@ def prediction_type(model) -> str:
 
     A callable counts as a native predictor when it has a ``parameterization`` attribute and a
     callable ``predict`` (:class:`NativePrediction`); anything else is a plain score function.
+    A parameterisation listed in :data:`NATIVE_ALIASES` reads as the prediction it is
+    (``"edm"``: its ``predict`` is the denoiser, ``"x0"``).
 
     Raises
     ------
@@ -191,11 +198,13 @@ def prediction_type(model) -> str:
     'score'
     >>> prediction_type(sd.ScoreModel(sd.ScoreMLP(2), sde, parameterization="v"))
     'v'
+    >>> prediction_type(sd.ScoreModel(sd.ScoreMLP(2), sde, parameterization="edm"))
+    'x0'
     """
     kind = getattr(model, "parameterization", None)
     if kind is None or not callable(getattr(model, "predict", None)):
         return "score"
-    return _check_kind("parameterization", kind)
+    return _check_kind("parameterization", NATIVE_ALIASES.get(kind, kind))
 
 
 def _require_scale_std(sde, who: str) -> None:

@@ -295,7 +295,8 @@ NORMS = ("rms", "max")
 
 
 def error_ratio(error: torch.Tensor, x_old: torch.Tensor, x_new: torch.Tensor, *, rtol: float,
-                atol: float, norm: str = "rms", mixed: str = "sum") -> float:
+                atol: float, norm: str = "rms", mixed: str = "sum",
+                blocks: Sequence[int] | None = None) -> float:
     r"""The weighted norm of a local error estimate; a step is accepted when it is at most 1.
 
     .. math:: \mathrm{err} = \Big\lVert \frac{e}{\delta} \Big\rVert, \qquad
@@ -309,6 +310,13 @@ def error_ratio(error: torch.Tensor, x_old: torch.Tensor, x_new: torch.Tensor, *
     §II.4, eq. 4.11) or the largest per-sample RMS (``norm="max"``: every sample meets the
     tolerance). ``mixed="max"`` is the tolerance of Jolicoeur-Martineau et al. (2021).
 
+    ``blocks`` splits each sample's (flattened) entries into consecutive groups of these sizes
+    (they must add up to the entries per sample): a sample's error is then the largest of the
+    groups' RMS values instead of the RMS over all its entries, so that a small group (e.g. the
+    one log-determinant entry next to ``d`` state entries of an augmented flow) is held to the
+    tolerance on its own rather than diluted by the others. The batch norm is taken over these
+    per-sample errors as above.
+
     Returns a Python float (one host synchronisation) that is ``inf`` whenever ``e`` or
     ``x_new`` holds a NaN or an infinity, so that a non-finite trial step is rejected.
     """
@@ -316,7 +324,19 @@ def error_ratio(error: torch.Tensor, x_old: torch.Tensor, x_new: torch.Tensor, *
     scale = atol + rtol * mag if mixed == "sum" else torch.clamp(rtol * mag, min=atol)
     # (x_new - x_new) is 0 where x_new is finite and NaN where it is not: one fused check
     ratio2 = ((error / scale).square() + (x_new - x_new)).reshape(error.shape[0], -1)
-    value = ratio2.mean().sqrt() if norm == "rms" else ratio2.mean(dim=1).amax().sqrt()
+    if blocks is not None:
+        sizes = [int(n) for n in blocks]
+        if any(n < 1 for n in sizes) or sum(sizes) != ratio2.shape[1]:
+            raise ValueError(
+                f"blocks must be sizes >= 1 adding up to the {ratio2.shape[1]} entries per "
+                f"sample, got {tuple(blocks)}"
+            )
+        # a sample's squared error: the largest mean square over its blocks (NaN propagates)
+        per_sample = torch.stack([part.mean(dim=1) for part in ratio2.split(sizes, dim=1)])
+        per_sample = per_sample.amax(dim=0)
+        value = per_sample.mean().sqrt() if norm == "rms" else per_sample.amax().sqrt()
+    else:
+        value = ratio2.mean().sqrt() if norm == "rms" else ratio2.mean(dim=1).amax().sqrt()
     value = float(value)
     return value if math.isfinite(value) else math.inf
 

@@ -81,13 +81,20 @@ class GaussianMixture:
     def __init__(self, means, covariances, weights=None):
         means = _as_float64("means", means)
         covs = _as_float64("covariances", covariances)
+        if means.ndim == 3 or covs.ndim in (1, 2) and means.ndim != 2:
+            raise ValueError(
+                f"the arguments are GaussianMixture(means (K, d), covariances (K, d, d), weights (K,)); "
+                f"got means of shape {tuple(means.shape)} and covariances of shape {tuple(covs.shape)}"
+                " — are they in the wrong order?")
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, d), got {tuple(means.shape)}")
         K, d = means.shape
         if K < 1 or d < 1:
             raise ValueError(f"means must have shape (K, d) with K, d >= 1, got {tuple(means.shape)}")
         if covs.shape != (K, d, d):
-            raise ValueError(f"covariances must have shape (K, d, d) = {(K, d, d)}, got {tuple(covs.shape)}")
+            hint = (" (the order is means, covariances, weights: are weights and covariances swapped?)"
+                    if covs.ndim == 1 and weights is not None else "")
+            raise ValueError(f"covariances must have shape (K, d, d) = {(K, d, d)}, got {tuple(covs.shape)}{hint}")
         asym = (covs - covs.transpose(-1, -2)).abs().amax(dim=(-1, -2))
         scale = covs.abs().amax(dim=(-1, -2)).clamp_min(1e-300)
         for k in range(K):

@@ -7,7 +7,7 @@ import scoresde as sd
 from scoresde import samplers as S
 
 CAPABILITIES = ("order", "nfe_per_step", "stochastic", "adaptive", "needs_linear_sde", "owns_grid",
-                "default_grid", "evaluates_at_end")
+                "default_grid", "evaluates_at_end", "zero_noise_end")
 
 INSTANCES = [S.SAMPLERS[name]() for name in S.names()] + [
     S.Heun(euler_last=True),
@@ -24,6 +24,13 @@ INSTANCES = [S.SAMPLERS[name]() for name in S.names()] + [
     S.TorchSDE(method="milstein"),
     S.PredictorCorrector(predictor="ddim", corrector="annealed_langevin", n_steps=2),
     S.PredictorCorrector(predictor="dpm_solver", corrector=None),
+    S.EDM(s_churn=5.0),
+    S.EulerAncestral(eta=0.0),
+    S.DPMSolverPlusPlus2SAncestral(eta=0.0),
+    S.DPMSolverPlusPlusSDE(order=3),
+    S.DPMSolverPlusPlusSDE(eta=0.0, solver_type="heun"),
+    S.SASolver(predictor_order=2, corrector_order=0),
+    S.SASolver(tau=0.0),
 ]
 
 
@@ -42,6 +49,8 @@ def test_declarations_that_depend_on_options():
     for cls in (S.DPMSolver, S.DPMSolverPlusPlus, S.UniPC):
         assert cls.default_grid == "log_snr" and cls.needs_linear_sde and not cls.stochastic
     assert S.DDPM.owns_grid and [c for c in S.SAMPLERS.values() if c.owns_grid] == [S.DDPM]
+    assert not S.DPMSolver.zero_noise_end and not S.PredictorCorrector(predictor="dpm_solver").zero_noise_end
+    assert all(cls.zero_noise_end for cls in (S.DDIM, S.DPMSolverPlusPlus, S.UniPC, S.ReverseDiffusion))
 
 
 @pytest.mark.parametrize("solver", INSTANCES, ids=repr)

@@ -344,3 +344,45 @@ def test_run_folder_message_without_a_readable_checkpoint(tmp_path, capsys):
     tr.train()
     tr.save(tmp_path / "custom.pt")                       # a Python run records no data name
     assert _training_data(tmp_path / "custom.pt", 10, 0) is None
+
+
+def test_every_command_has_one_progress_convention():
+    from scoresde.cli import build_parser
+
+    parser = build_parser()
+    required = {"train": ["--data", "moons", "--out", "x"], "sample": ["--checkpoint", "c", "--out", "o.png"],
+                "demo": [], "compare": ["--out", "d"]}
+    for cmd, args in required.items():
+        assert parser.parse_args([cmd, *args, "--progress"]).progress is True, cmd
+        assert parser.parse_args([cmd, *args, "--no-progress"]).progress is False, cmd
+
+
+def test_demo_reports_mean_and_standard_error_over_seeds(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "20", "--n", "100", "--sample-steps", "20",
+                 "--seeds", "2", "--no-progress"]) == 0
+    report = json.loads((out / "demo.json").read_text())
+    assert report["seeds"] == 2
+    rows = {r["sampler"]: r for r in report["rows"]}
+    floor = rows["data (fresh sample)"]
+    # the floor is itself an average over seeds, with its standard error
+    assert floor["seeds"] == 2 and floor["sw2_se"] is not None and floor["sw2_se"] >= 0
+    ok = [r for r in report["rows"][1:] if r["nfe"] is not None]
+    assert ok
+    for r in ok:
+        assert r["seeds"] == 2 and r["sw2_se"] is not None and r["mmd_se"] is not None
+        assert r["vs_floor"]["sw2"] in ("≈", ">", "<")
+    md = (out / "demo.md").read_text()
+    assert " ± " in md and "vs floor" in md and "standard error" in md
+
+
+def test_demo_seeds_are_reproducible_and_single_seed_says_so(tmp_path):
+    runs = []
+    for k in range(2):
+        out = tmp_path / f"d{k}"
+        assert main(["demo", "--out", str(out), "--steps", "10", "--n", "60", "--sample-steps", "10",
+                     "--seeds", "1", "--no-progress"]) == 0
+        runs.append(json.loads((out / "demo.json").read_text())["rows"])
+    heun = [{r["sampler"]: r for r in rows}["heun"] for rows in runs]
+    assert heun[0]["sw2"] == heun[1]["sw2"] and heun[0]["sw2_se"] is None
+    assert "one seed" in (tmp_path / "d0" / "demo.md").read_text()

@@ -208,3 +208,59 @@ def _with_dependencies(names: set[str]) -> set[str]:
             continue
         todo.extend(sorted(_requirement_names("\n".join(r for r in reqs if "extra ==" not in r))))
     return seen
+
+
+def _public_objects():
+    import importlib
+    import inspect
+
+    seen = {}
+    for name in scoresde.__all__:
+        obj = getattr(scoresde, name)
+        if inspect.ismodule(obj):
+            for sub in getattr(obj, "__all__", ()):
+                seen[f"{obj.__name__}.{sub}"] = getattr(obj, sub)
+        else:
+            seen[f"scoresde.{name}"] = obj
+    importlib.import_module("scoresde")
+    return seen
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sphinx") is None, reason="Sphinx is not installed")
+def test_autosummary_one_line_summaries_are_whole_sentences():
+    """The API tables show the first sentence of each docstring, cut at a period and a space:
+    an abbreviation such as "eq." or "App." there cuts it short, and a constant without a
+    docstring shows the docstring of its type ("Built-in immutable sequence")."""
+    import inspect
+
+    from docutils.frontend import OptionParser
+    from docutils.parsers.rst import Parser
+    from sphinx.ext.autosummary import extract_summary
+
+    settings = OptionParser(components=(Parser,)).get_default_values()
+    settings.language_code = "en"
+    bad = {}
+    for qualname, obj in _public_objects().items():
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        doc = inspect.getdoc(obj)
+        if not doc:
+            bad[qualname] = "(no docstring)"
+            continue
+        summary = extract_summary(doc.splitlines(), settings)
+        if re.search(r"\b(eq|eqs|App|Alg|Sec|Thm|Fig|Ch|Prop|Def|cf|vs|resp|No)\.$", summary):
+            bad[qualname] = summary
+    assert not bad, f"one-line summaries cut short: {bad}"
+
+
+def test_public_constants_have_doc_comments():
+    """A constant exported at the top level needs a ``#:`` comment there, or its API entry
+    shows the docstring of its type (e.g. "Built-in immutable sequence" for a tuple)."""
+    import inspect
+
+    sphinx_pycode = pytest.importorskip("sphinx.pycode")
+    documented = {name for (_, name) in sphinx_pycode.ModuleAnalyzer.for_module("scoresde").find_attr_docs()}
+    constants = [n for n in scoresde.__all__ if not (inspect.ismodule(getattr(scoresde, n))
+                                                     or callable(getattr(scoresde, n)))]
+    assert constants, "expected at least SDE_NAMES"
+    assert not [n for n in constants if n not in documented]

@@ -158,7 +158,7 @@ def test_a_grid_ending_at_zero_is_refused_exactly_by_samplers_that_evaluate_ther
         out = sd.sample(SDE, _refuses_t0, (8, 2), solver, steps=40, generator=_gen())
         assert out.nfe == 40
         return
-    if solver.evaluates_at_end or solver.needs_linear_sde:  # VP: log-SNR is infinite at 0
+    if solver.evaluates_at_end or (solver.needs_linear_sde and not solver.zero_noise_end):
         with pytest.raises(ValueError, match="t > 0"):
             sd.sample(SDE, SCORE, (8, 2), solver, grid=GRID_TO_0, generator=_gen())
     else:

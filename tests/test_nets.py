@@ -284,3 +284,24 @@ def test_score_model_predict_is_the_raw_output_and_a_native_prediction():
         model.predict(x, 2.5)
     with pytest.raises(ValueError, match=r"t must .*\(4,\)"):
         model(x, torch.full((3,), 1.0))
+
+
+def test_float64_input_to_a_float32_model_is_cast_for_the_network():
+    sde = sd.VPSDE()
+    net = ScoreMLP(2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # non-zero output layer, so the comparison means something
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    model = ScoreModel(net, sde)
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(2))
+    t = torch.full((6,), 0.3)
+    out64 = model(x.double(), t.double())
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64, model(x, t).double())
+    assert model.predict(x.double(), 0.3).dtype == torch.float64
+    # and the samplers and the likelihood accept float64 states with it
+    res = sd.sample(sde, model, (8, 2), "heun", steps=4, generator=torch.Generator().manual_seed(3),
+                    dtype=torch.float64)
+    assert res.samples.dtype == torch.float64 and torch.isfinite(res.samples).all()
+    logp = sd.log_likelihood(sde, model, x.double())
+    assert logp.dtype == torch.float64 and torch.isfinite(logp).all()

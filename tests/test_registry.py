@@ -17,7 +17,7 @@ PKG = Path(S.__file__).parent
 
 def test_the_package_re_exports_the_registry():
     assert S.SAMPLERS is registry.SAMPLERS and S.names is registry.names and S.resolve is registry.resolve
-    assert S.names() == sorted(S.SAMPLERS) and len(S.names()) == 16
+    assert S.names() == sorted(S.SAMPLERS) and len(S.names()) == 24
     for name, cls in S.SAMPLERS.items():
         assert issubclass(cls, S.Sampler) and cls.name == name
 
@@ -81,7 +81,7 @@ def test_correctors_are_their_own_role():
 ])
 def test_nonsense_predictors_are_refused(predictor):
     with pytest.raises(ValueError, match=r"predictor .* cannot take single steps .*; valid predictors: "
-                                         r"ddim, dpm_solver, .*reverse_diffusion, torchsde, unipc$"):
+                                         r"ddim, deis, dpm_solver, .*reverse_diffusion, .*torchsde, unipc$"):
         S.PredictorCorrector(predictor=predictor)
 
 

@@ -198,10 +198,14 @@ def test_time_grid_option():
     sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (4, 2), "dpm_solver_pp", steps=4, eps=EPS,
               grid="edm", callback=lambda i, t, x: seen.append(t))
     assert seen == sd.samplers.time_grid(sde, 4, EPS, "edm")[1:].tolist()
-    # ... and one the solver cannot step on (log-SNR infinite at t = 0) is refused
+    # ... and one the solver cannot step on (log-SNR infinite at t = 0: DPM-Solver's stages)
+    # is refused; DPM-Solver++ takes that last step at order 1 (issue 13)
     with pytest.raises(ValueError, match="grid"):
-        sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (4, 2), "dpm_solver_pp",
+        sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (4, 2), "dpm_solver",
                   grid=torch.tensor([1.0, 0.5, 0.0]))
+    out = sd.sample(sde, sd.imbalanced_2d().score_fn(sde), (4, 2), "dpm_solver_pp",
+                    grid=torch.tensor([1.0, 0.5, 0.0]))
+    assert bool(torch.isfinite(out.samples).all())
 
 
 @pytest.mark.parametrize("factory,match,exc", [

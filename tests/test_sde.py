@@ -14,6 +14,7 @@ ALL_SDES = {
     "subvp": lambda: sd.SubVPSDE(),
     "ve": lambda: sd.VESDE(),
     "cosine": lambda: sd.CosineVPSDE(),
+    "edm": lambda: sd.EDMSDE(),
 }
 
 
@@ -401,3 +402,18 @@ def test_scale_std_validates_its_times():
         vp.scale_std("0.5")
     s, sigma = vp.scale_std(torch.tensor([1.0 + 1e-7]))  # float32 rounding of T is clamped
     torch.testing.assert_close((s, sigma), vp.scale_std(torch.tensor([1.0])))
+
+
+@pytest.mark.parametrize("beta_max", [20.0, 10.0])
+def test_discretize_names_the_smallest_N_that_works(beta_max):
+    import math
+    import re
+
+    sde = sd.VPSDE(beta_max=beta_max)
+    with pytest.raises(ValueError, match="smallest N that works") as info:
+        sde.discretize(10)
+    n_min = int(re.search(r"smallest N that works is (\d+)", str(info.value)).group(1))
+    assert n_min == math.ceil(beta_max / 0.999)
+    sde.discretize(n_min)  # works
+    with pytest.raises(ValueError):
+        sde.discretize(n_min - 1)

@@ -186,6 +186,28 @@ def test_error_ratio_is_inf_for_non_finite_trials(where, value):
     assert error_ratio(*args, rtol=1e-3, atol=1e-3, norm="max") == math.inf
 
 
+def test_error_ratio_blocks_hold_each_group_to_the_tolerance():
+    """One log-det-like entry next to three state entries: the per-block norm is not diluted."""
+    x = torch.zeros(2, 4, dtype=torch.float64)
+    # ratios (atol = 1, rtol = 0): sample 0 [0.5, 0.5, 0.5 | 2], sample 1 [1, 1, 1 | 0]
+    err = torch.tensor([[0.5, 0.5, 0.5, 2.0], [1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    opts = dict(rtol=1e-9, atol=1.0)
+    plain = error_ratio(err, x, x, norm="max", **opts)
+    assert plain == pytest.approx(math.sqrt((0.75 + 4) / 4))  # sample 0 passes, diluted
+    blocked = error_ratio(err, x, x, norm="max", blocks=(3, 1), **opts)
+    assert blocked == pytest.approx(2.0)  # sample 0's last entry alone
+    # rms over the samples of the per-sample errors: sqrt((4 + 1) / 2)
+    assert error_ratio(err, x, x, blocks=(3, 1), **opts) == pytest.approx(math.sqrt(2.5))
+    # one block is the plain per-sample RMS
+    assert error_ratio(err, x, x, norm="max", blocks=(4,), **opts) == pytest.approx(plain)
+    bad = err.clone()
+    bad[1, 3] = float("nan")
+    assert error_ratio(bad, x, x, norm="max", blocks=(3, 1), **opts) == math.inf
+    for blocks in [(3,), (2, 3), (4, 0)]:
+        with pytest.raises(ValueError, match="blocks must be sizes >= 1 adding up to the 4"):
+            error_ratio(err, x, x, blocks=blocks, **opts)
+
+
 # -- PI controller ----------------------------------------------------------------------------
 
 

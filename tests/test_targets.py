@@ -186,3 +186,12 @@ def test_bad_inputs_to_evaluations():
         gm.marginal(object(), 0.5)
     with pytest.raises(ValueError, match="t must lie in"):
         gm.score_fn(sd.VPSDE())(torch.zeros(1, 2), 2.0)
+
+
+def test_arguments_in_the_wrong_order_say_the_order():
+    means, covs, w = torch.zeros(2, 3), torch.eye(3).repeat(2, 1, 1), torch.tensor([0.5, 0.5])
+    with pytest.raises(ValueError, match=r"means \(K, d\), covariances \(K, d, d\), weights \(K,\).*wrong order"):
+        sd.GaussianMixture(covs, means, w)
+    with pytest.raises(ValueError, match="swapped"):
+        sd.GaussianMixture(means, w, covs)
+    sd.GaussianMixture(means, covs, w)  # the right order works

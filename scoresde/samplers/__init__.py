@@ -13,12 +13,16 @@ from .base import Sampler, SampleResult, tweedie_denoise
 from .discrete import DDIM, DDPM, EpsilonScore
 from .dpm_solver import DPMSolver, DPMSolverPlusPlus, UniPC
 from .driver import sample
+from .edm import EDM, DPMSolverPlusPlus2SAncestral, EulerAncestral
+from .gits import gits_schedule
 from .grids import GRIDS, LogSNRSchedule, resolve_grid, time_grid
+from .multistep import DEIS, IPNDM, LMS
 from .ode import EulerODE, Heun
 from .optimize import optimize_schedule
 from .pc import AnnealedLangevin, Corrector, LangevinCorrector, PredictorCorrector, ReverseDiffusion
 from .registry import SAMPLERS, names, resolve
 from .scipy_ode import ProbabilityFlowODE
+from .sde_multistep import DPMSolverPlusPlusSDE, SASolver
 from .sde_solvers import EulerMaruyama
 from .torchsde_backend import TorchSDE
 
@@ -54,4 +58,13 @@ __all__ = [
     "UniPC",
     "LogSNRSchedule",
     "optimize_schedule",
+    "IPNDM",
+    "DEIS",
+    "LMS",
+    "gits_schedule",
+    "EDM",
+    "EulerAncestral",
+    "DPMSolverPlusPlus2SAncestral",
+    "DPMSolverPlusPlusSDE",
+    "SASolver",
 ]

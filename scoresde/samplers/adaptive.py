@@ -193,7 +193,7 @@ _GGF = PIController(order=1, alpha=0.9, beta=0.0, reject_alpha=0.9, fac_min=0.0,
 
 
 class AdaptiveSDE(Sampler):
-    r"""Adaptive reverse-SDE solver "Gotta Go Fast" (Jolicoeur-Martineau et al. 2021, Alg. 1).
+    r"""Adaptive reverse-SDE solver "Gotta Go Fast" (Jolicoeur-Martineau et al. 2021, Algorithm 1).
 
     From :math:`t` to :math:`t - h`, with the reverse drift
     :math:`\bar f(x, t) = f(x, t) - g(t)^2\nabla\log p_t(x)` and one draw

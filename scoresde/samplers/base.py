@@ -92,6 +92,13 @@ class Sampler(abc.ABC):
         grid ending at ``t = 0``, where the score of data on a low-dimensional set is singular.
         The default ``True`` is the safe one; a sampler that never evaluates there declares
         ``False``.
+    ``zero_noise_end``
+        Whether ``run`` can take its last step to a time where σ = 0 (the log-SNR
+        is +∞: ``t = 0`` on the VP-type SDEs, where diffusers' loops end), landing
+        on the data prediction. Consulted by the driver for samplers that need a
+        :class:`~scoresde.LinearSDE` and do not evaluate the score at the end; ``False`` for a
+        solver whose last step would need a finite log-SNR step (DPM-Solver's intermediate
+        stages).
     """
 
     name: str = ""
@@ -103,6 +110,7 @@ class Sampler(abc.ABC):
     owns_grid: bool = False
     default_grid: str | LogSNRSchedule = "uniform"
     evaluates_at_end: bool = True
+    zero_noise_end: bool = True
 
     def nfe(self, steps: int) -> int | None:
         """Score evaluations of a run over ``steps`` grid intervals (``None`` when adaptive)."""

@@ -33,7 +33,7 @@ def _discrete_schedule(sde, N: int) -> DiscreteSchedule:
 
 
 class DDPM(Sampler):
-    r"""Ancestral sampling of the discrete DDPM chain (Ho et al. 2020, Alg. 2), in score form.
+    r"""Ancestral sampling of the discrete DDPM chain (Ho et al. 2020, Algorithm 2), in score form.
 
     On the schedule ``sde.discretize(N)`` (:math:`\beta_i`, :math:`\alpha_i = 1 - \beta_i`,
     :math:`\bar\alpha_i`, times :math:`t_i = iT/N`), starting from :math:`x_N` at :math:`t_N = T`,
@@ -190,7 +190,7 @@ class EpsilonScore:
 
 
 class DDIM(Sampler):
-    r"""Denoising diffusion implicit models (Song, Meng, Ermon 2021, eq. 12), for any linear SDE.
+    r"""Denoising diffusion implicit models (Song, Meng, Ermon 2021, equation 12), for any linear SDE.
 
     Between grid times :math:`t > t'`, with the noise prediction :math:`\hat\epsilon` at
     :math:`(x, t)` (:math:`= -\sigma_t \hat s` for a score :math:`\hat s = \nabla\log p_t(x)`)

@@ -73,6 +73,7 @@ class _LogSNRSampler(Sampler):
     needs_linear_sde = True
     default_grid = "log_snr"
     evaluates_at_end = False  # the score is evaluated at t_i and inside (t_{i+1}, t_i) only
+    zero_noise_end = True  # a last step to sigma = 0 (lambda = inf) is taken at order 1
 
     @property
     def time_grid(self):
@@ -131,7 +132,9 @@ class DPMSolver(_LogSNRSampler):
     :func:`scoresde.sample` is used as given, e.g. a :class:`~scoresde.samplers.LogSNRSchedule`
     from :func:`~scoresde.samplers.optimize_schedule`, optimised for the model. See
     :class:`DPMSolverPlusPlus` for what each grid costs. The grid must end at ``t > 0`` when
-    :math:`\lambda(0)` is infinite (VP, sub-VP, cosine VP).
+    :math:`\lambda(0)` is infinite (VP, sub-VP, cosine VP, discrete VP): the intermediate stages
+    of a last step to :math:`\lambda = \infty` would sit at ``t = 0`` (``zero_noise_end`` is
+    ``False``); :class:`DPMSolverPlusPlus` and :class:`~scoresde.samplers.DDIM` take such a step.
 
     References
     ----------
@@ -150,6 +153,7 @@ class DPMSolver(_LogSNRSampler):
     """
 
     name = "dpm_solver"
+    zero_noise_end = False  # its intermediate stages would sit at lambda = inf, i.e. t = 0
 
     def __init__(self, order: int = 2, time_grid=_UNSET):
         order = check_int("order", order)
@@ -260,6 +264,11 @@ class DPMSolverPlusPlus(_LogSNRSampler):
     whose :math:`\tilde\sigma^2` is below 1% of the smallest variance that matters (1e-4
     here) removes the bias.
 
+    A grid ending at zero noise (``t = 0`` on VP, :math:`\lambda = +\infty`, as in diffusers'
+    ``final_sigmas_type="zero"``) is accepted: that last step is taken at order 1 whatever
+    ``lower_order_final`` says, :math:`x_{i+1} = s_{i+1}\hat x_0^{(i)}` (the multistep
+    correction grows like :math:`h_i/h_{i-1}` and has no limit), as diffusers does.
+
     Warm-up. The paper starts with lower orders (``warmup="lower_order"``): the first step is
     order 1, whose local error :math:`O(h^2)` is not averaged away; but its constant is
     negligible, since :math:`\hat x_0` hardly moves at high noise (the tests measure order 3
@@ -337,7 +346,12 @@ class DPMSolverPlusPlus(_LogSNRSampler):
             phi1 = math.expm1(-h)
             m0 = hist[-1]
             x_next = (sig[i + 1] / sig[i]) * x - (s[i + 1] * phi1) * m0
-            if i == 0 and self.warmup == "singlestep" and self.order > 1:
+            if math.isinf(h):  # a last step to sigma = 0 is order 1: x_next = s_{i+1} x0-hat
+                if i == 0 and self.warmup == "singlestep" and self.order > 1:
+                    raise ValueError(
+                        "warmup='singlestep' needs a first step that ends at finite log-SNR; "
+                        "this grid has a single step, to sigma = 0")
+            elif i == 0 and self.warmup == "singlestep" and self.order > 1:
                 lam_m = lam[0] + 0.5 * h
                 t_m = float(sde.t_from_log_snr(torch.tensor(lam_m, dtype=torch.float64)))
                 (s_m,), (sig_m,) = scale_std_values(sde, [t_m])
@@ -448,7 +462,7 @@ class UniPC(DPMSolverPlusPlus):
             phi1 = math.expm1(-h)
             m0 = hist[-1]
             x_next = (sig[i + 1] / sig[i]) * x - (s[i + 1] * phi1) * m0
-            if order >= 2:
+            if order >= 2 and not math.isinf(h):  # to sigma = 0 the step is order 1: x0-hat
                 d10 = (m0 - hist[-2]) * (h / hs[-1])
                 x_next = x_next - (0.5 * s[i + 1] * phi1) * d10
             x_prev, x = x, x_next

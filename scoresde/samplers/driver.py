@@ -39,7 +39,8 @@ def _times(solver: Sampler, sde: SDE, grid, steps: int | None, eps: float | None
                 "t > 0 (the score of the data distribution at t = 0 may be singular); end it "
                 "at a small eps instead"
             )
-        if solver.needs_linear_sde and not bool(torch.isfinite(sde.log_snr(times[-1:])).all()):
+        if (solver.needs_linear_sde and not solver.zero_noise_end
+                and not bool(torch.isfinite(sde.log_snr(times[-1:])).all())):
             raise ValueError(
                 f"{label} steps in log-SNR, which is infinite at t = 0 for this SDE; end the "
                 "grid at t > 0"
@@ -98,7 +99,8 @@ def sample(
         :class:`~scoresde.samplers.LogSNRSchedule`; or an explicit strictly decreasing 1-D
         tensor of times in ``[0, T]`` (a ``steps`` or ``eps`` that disagrees with it raises
         ``ValueError``). A grid may end at ``t = 0`` unless the sampler evaluates the score
-        there (:attr:`~scoresde.samplers.Sampler.evaluates_at_end`). DDPM owns its grid and
+        there (:attr:`~scoresde.samplers.Sampler.evaluates_at_end`) or cannot step to zero
+        noise (:attr:`~scoresde.samplers.Sampler.zero_noise_end`). DDPM owns its grid and
         refuses any ``grid`` but ``None``.
     denoise : bool or {"tweedie", "flow"}
         A final step from the grid's end time to 0 (one more score evaluation). ``True`` or

@@ -1,4 +1,4 @@
-r"""Fixed-step torch solvers of the probability-flow ODE (Song et al. 2021, eq. 13).
+r"""Fixed-step torch solvers of the probability-flow ODE (Song et al. 2021, equation 13).
 
 .. math:: \frac{\mathrm dx}{\mathrm dt} = f(x, t) - \tfrac12 g(t)^2 \nabla_x\log p_t(x),
 

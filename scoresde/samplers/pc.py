@@ -1,4 +1,4 @@
-r"""Predictor–corrector samplers (Song et al. 2021, §4.2 and App. G) and annealed Langevin dynamics.
+r"""Predictor–corrector samplers (Song et al. 2021, §4.2 and Appendix G) and annealed Langevin dynamics.
 
 A *predictor* moves the state from one grid time to the next with a solver of the
 reverse-time SDE; a *corrector* runs a few steps of Langevin MCMC at a fixed time, pulling the
@@ -29,7 +29,7 @@ __all__ = ["ReverseDiffusion", "Corrector", "LangevinCorrector", "AnnealedLangev
 
 
 class ReverseDiffusion(Sampler):
-    r"""Reverse-diffusion predictor (Song et al. 2021, App. E, eq. 46), for any linear SDE.
+    r"""Reverse-diffusion predictor (Song et al. 2021, Appendix E, equation 46), for any linear SDE.
 
     Discretise the forward SDE on the grid by its exact one-step transition,
     :math:`x_i = r\,x_{i+1} + G z` with :math:`r = s(t_i)/s(t_{i+1})` and
@@ -88,7 +88,7 @@ class Corrector(abc.ABC):
 
 
 class LangevinCorrector(Corrector, Sampler):
-    r"""Langevin corrector with a signal-to-noise step size (Song et al. 2021, Alg. 4 and 5).
+    r"""Langevin corrector with a signal-to-noise step size (Song et al. 2021, Algorithm 4 and 5).
 
     At a fixed time :math:`t` it makes ``n_steps`` unadjusted Langevin steps targeting
     :math:`p_t` (the unadjusted Langevin algorithm of Roberts & Tweedie 1996, Bernoulli 2(4)),
@@ -198,7 +198,7 @@ class LangevinCorrector(Corrector, Sampler):
 
 
 class AnnealedLangevin(LangevinCorrector):
-    r"""Annealed Langevin dynamics, corrector only (Song & Ermon 2019, Alg. 1 — NCSN).
+    r"""Annealed Langevin dynamics, corrector only (Song & Ermon 2019, Algorithm 1 — NCSN).
 
     The noise levels are the grid times. The state is carried unchanged from :math:`t_i` to
     :math:`t_{i+1}` and equilibrated there by ``n_steps`` Langevin steps,
@@ -295,7 +295,7 @@ def _corrector(corrector, snr: float, n_steps: int):
 
 
 class PredictorCorrector(Sampler):
-    r"""Predictor–corrector sampling (Song et al. 2021, Alg. 1).
+    r"""Predictor–corrector sampling (Song et al. 2021, Algorithm 1).
 
     At each grid time :math:`t_i`, first the corrector (Langevin MCMC targeting
     :math:`p_{t_i}`), then one predictor step :math:`t_i \to t_{i+1}` (score_sde's order):
@@ -372,6 +372,11 @@ class PredictorCorrector(Sampler):
     def evaluates_at_end(self) -> bool:
         """The predictor's (the corrector runs at the start of each step)."""
         return bool(self.predictor.evaluates_at_end)
+
+    @property
+    def zero_noise_end(self) -> bool:
+        """The predictor's (the corrector only needs s and σ at the step's start)."""
+        return bool(self.predictor.zero_noise_end)
 
     @property
     def default_grid(self):

@@ -11,9 +11,12 @@ from .adaptive import AdaptiveODE, AdaptiveSDE
 from .base import Sampler
 from .discrete import DDIM, DDPM
 from .dpm_solver import DPMSolver, DPMSolverPlusPlus, UniPC
+from .edm import EDM, DPMSolverPlusPlus2SAncestral, EulerAncestral
+from .multistep import DEIS, IPNDM, LMS
 from .ode import EulerODE, Heun
 from .pc import AnnealedLangevin, LangevinCorrector, PredictorCorrector, ReverseDiffusion
 from .scipy_ode import ProbabilityFlowODE
+from .sde_multistep import DPMSolverPlusPlusSDE, SASolver
 from .sde_solvers import EulerMaruyama
 from .torchsde_backend import TorchSDE
 
@@ -36,6 +39,14 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "adaptive_sde": AdaptiveSDE,
     "adaptive_ode": AdaptiveODE,
     "unipc": UniPC,
+    "ipndm": IPNDM,
+    "deis": DEIS,
+    "lms": LMS,
+    "edm": EDM,
+    "euler_ancestral": EulerAncestral,
+    "dpm_solver_pp_2s_ancestral": DPMSolverPlusPlus2SAncestral,
+    "dpm_solver_pp_sde": DPMSolverPlusPlusSDE,
+    "sa_solver": SASolver,
 }
 """Every sampler name accepted by :func:`scoresde.sample`, mapped to its class."""
 

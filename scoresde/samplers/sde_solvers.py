@@ -1,4 +1,4 @@
-r"""Fixed-step solvers of the reverse-time SDE (Anderson 1982; Song et al. 2021, eq. 6)."""
+r"""Fixed-step solvers of the reverse-time SDE (Anderson 1982; Song et al. 2021, equation 6)."""
 
 from __future__ import annotations
 

@@ -198,6 +198,12 @@ class TorchSDE(Sampler):
             steps_per = [max(1, math.ceil(float(us[i + 1] - us[i]) / self.dt * (1 - 1e-12)))
                          for i in range(n)]
 
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                "TorchSDE draws one Brownian motion for the whole batch from a torch.Generator; "
+                f"generator must be a torch.Generator or None, got {type(generator).__name__} "
+                "(per-sample noise sources are not supported by this backend)"
+            )
         entropy = int(
             torch.randint(0, 2**31 - 1, (1,), generator=generator,
                           device=generator.device if generator is not None else "cpu")

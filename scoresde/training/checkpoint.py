@@ -46,7 +46,8 @@ _REQUIRED_KEYS = (
 
 # fields that must agree between a checkpoint and the trainer resuming from it
 _RUN_IDENTITY = (
-    "batch_size", "lr", "weight_decay", "warmup", "decay_steps", "grad_clip", "ema_decay", "seed"
+    "batch_size", "lr", "weight_decay", "warmup", "decay_steps", "grad_clip", "ema_decay", "seed",
+    "label_dropout",
 )
 
 
@@ -229,7 +230,7 @@ def checkpoint_config(ckpt: dict, path: str, **overrides) -> TrainConfig:
 
 # the command-line option of each run-defining field (``decay_steps`` follows ``--steps``)
 _OPTION = {"batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup", "decay_steps": "--steps",
-           "ema_decay": "--ema-decay", "seed": "--seed"}
+           "ema_decay": "--ema-decay", "seed": "--seed", "label_dropout": "--label-dropout"}
 
 
 def _describe_stream(state) -> str:
@@ -277,7 +278,7 @@ def check_resumable(ckpt: dict, config: TrainConfig, world_size: int, path: str,
     """Raise a ``CheckpointError`` unless a trainer with ``config`` may continue ``ckpt``.
 
     The run-defining fields of the config (``batch_size``, ``lr``, ``weight_decay``,
-    ``warmup``, ``decay_steps``, ``grad_clip``, ``ema_decay``, ``seed``) and the number of
+    ``warmup``, ``decay_steps``, ``grad_clip``, ``ema_decay``, ``seed``, ``label_dropout``) and the number of
     processes must agree; ``steps``, ``checkpoint_every`` and ``log_every`` may differ. With
     the trainer's data-stream state (``data_state``, see
     :meth:`~scoresde.data.DataStream.state_dict`) and ``metadata``, the data (their name,
@@ -312,4 +313,5 @@ def check_resumable(ckpt: dict, config: TrainConfig, world_size: int, path: str,
     what = _model_differs(ckpt, metadata)
     if what is not None:
         raise CheckpointError(f"checkpoint {path!r}: the model differs from the run's ({what}; from the "
-                              "command line: --sde or --hidden differs); resume with the run's own settings")
+                              "command line: --sde, --hidden or --conditional differs); resume with the run's "
+                              "own settings")

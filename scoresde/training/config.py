@@ -49,6 +49,11 @@ class TrainConfig:
     log_every : int
         Write a row to ``loss.csv`` (the mean loss of the last ``log_every`` updates) and
         refresh the progress bar every this many updates.
+    label_dropout : float
+        Probability in ``[0, 1]`` that the default loss replaces a label by the null label
+        (classifier-free guidance training, Ho & Salimans 2021; see
+        :func:`scoresde.losses.drop_labels`). Used only on labelled data (``(x, y)``
+        batches); default 0.1. Part of the run's identity.
 
     Examples
     --------
@@ -69,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0
     log_every: int = 10
+    label_dropout: float = 0.1
 
     def __post_init__(self):
         check_int("steps", self.steps, minimum=0)
@@ -87,6 +93,9 @@ class TrainConfig:
         check_int("seed", self.seed, minimum=0)
         check_int("checkpoint_every", self.checkpoint_every, minimum=0)
         check_int("log_every", self.log_every)
+        p = check_positive("label_dropout", self.label_dropout, strict=False)
+        if p > 1.0:
+            raise ValueError(f"label_dropout must lie in [0, 1], got {self.label_dropout!r}")
 
     def to_dict(self) -> dict:
         """The fields as a plain ``dict`` (safe for ``weights_only`` checkpoints)."""

@@ -6,7 +6,11 @@ plain-dict *model spec* (:func:`model_spec`), stored in the checkpoint, from whi
 :func:`build_model` and :func:`load_model` rebuild the network. Vector data are standardised
 per coordinate (:func:`to_model_space`, :func:`from_model_space`), so that data of any scale
 meet the unit-scale prior, as recommended by Song & Ermon 2020 ("Improved techniques for
-training score-based generative models", https://arxiv.org/abs/2006.09011).
+training score-based generative models", https://arxiv.org/abs/2006.09011). With
+``conditional=True`` the recipe trains a class-conditional model on labelled data (the digits
+and their digit, a reference target and its component; :func:`scoresde.data.data_source`) with
+label dropout, for classifier-free guidance (Ho & Salimans 2021, "Classifier-free diffusion
+guidance", https://arxiv.org/abs/2207.12598).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def train_config(
     lr: float | None = None,
     warmup: int | None = None,
     ema_decay: float | None = None,
+    label_dropout: float | None = None,
 ) -> TrainConfig:
     r"""The :class:`TrainConfig` of the training recipe: :data:`TRAIN_DEFAULTS` for what is not given.
 
@@ -78,29 +83,43 @@ def train_config(
     """
     d = TRAIN_DEFAULTS
     warmup = d["warmup"] if warmup is None else warmup
+    extra = {} if label_dropout is None else {"label_dropout": label_dropout}
     return TrainConfig(steps=steps, batch_size=d["batch_size"] if batch_size is None else batch_size,
                        lr=d["lr"] if lr is None else lr, warmup=warmup,
                        decay_steps=max(steps - warmup, 1),
                        ema_decay=d["ema_decay"] if ema_decay is None else ema_decay, seed=seed,
-                       checkpoint_every=checkpoint_every)
+                       checkpoint_every=checkpoint_every, **extra)
 
 
 def model_spec(
     data: torch.Tensor,
     sde: str = TRAIN_DEFAULTS["sde"],
     *,
-    parameterization: str = "eps",
+    parameterization: str | None = None,
     hidden: int = TRAIN_DEFAULTS["hidden"],
     n_blocks: int = 3,
     base_channels: int = 32,
+    num_classes: int | None = None,
 ) -> dict:
-    """A plain-dict description of the score model for data shaped like ``data``.
+    r"""A plain-dict description of the score model for data shaped like ``data``.
 
     Vector data ``(n, d)`` get a :class:`~scoresde.nets.ScoreMLP` and are standardised per
     coordinate (``shift`` = mean, ``scale`` = standard deviation of ``data``), so a user's
     file of any scale meets the unit-scale prior; images ``(n, C, H, W)`` (already in
-    ``[-1, 1]``) get a :class:`~scoresde.nets.UNet` and no rescaling. Stored in checkpoints
-    as ``metadata["model"]``; :func:`build_model` and :func:`load_model` read it back.
+    ``[-1, 1]``) get a :class:`~scoresde.nets.UNet` and no rescaling. ``num_classes`` (None:
+    unconditional) makes the network class-conditional (``num_classes`` labels plus the null
+    label). Stored in checkpoints as ``metadata["model"]``; :func:`build_model` and
+    :func:`load_model` read it back.
+
+    ``parameterization`` (see :class:`~scoresde.nets.ScoreModel`) defaults to ``"v"`` for
+    vectors and ``"eps"`` for images. An ε-network's output is bounded where it saw no
+    training data, but far from the data the true :math:`\hat\epsilon \approx x/\sigma` grows
+    linearly in :math:`x`; the probability-flow ODE, whose restoring drift is half that of the
+    reverse SDE, then carries prior draws from the tails (:math:`|x_T| > 3`) out to :math:`|x| \approx 10`.
+    v-prediction contains that linear term exactly (:math:`\hat\epsilon = \sigma x + s\hat v`
+    for VP). Measured on moons after 2000 steps: with ``"eps"`` 0.6–1 % of ``heun``, ``ode``,
+    ``ddim`` and ``dpm_solver_pp`` samples land at :math:`|x| > 5` (up to 11), none of the SDE
+    samplers' do; with ``"v"`` none of either (see "Choosing a sampler" in the docs).
 
     Examples
     --------
@@ -128,12 +147,13 @@ def model_spec(
         "kind": kind,
         "event_shape": event,
         "sde": sde,
-        "parameterization": parameterization,
+        "parameterization": parameterization or ("v" if kind == "mlp" else "eps"),
         "hidden": check_int("hidden", hidden),
         "n_blocks": check_int("n_blocks", n_blocks, minimum=0),
         "base_channels": check_int("base_channels", base_channels),
         "shift": shift,
         "scale": scale,
+        "num_classes": None if num_classes is None else check_int("num_classes", num_classes),
     }
 
 
@@ -168,11 +188,13 @@ def build_model(spec: dict, generator: torch.Generator | None = None) -> nn.Modu
     from ..sde import make_sde
 
     try:
+        k = spec.get("num_classes")  # absent in specs written before conditional models
         if spec["kind"] == "mlp":
             net = ScoreMLP(spec["event_shape"][0], hidden=spec["hidden"], n_blocks=spec["n_blocks"],
-                           generator=generator)
+                           generator=generator, num_classes=k)
         elif spec["kind"] == "unet":
-            net = UNet(spec["event_shape"][0], base_channels=spec["base_channels"], generator=generator)
+            net = UNet(spec["event_shape"][0], base_channels=spec["base_channels"], generator=generator,
+                       num_classes=k)
         elif spec["kind"] == "diffusers_unet":  # a diffusers UNet2DModel (scoresde.interop.training)
             from ..interop.training import build_diffusers_net
 
@@ -180,7 +202,7 @@ def build_model(spec: dict, generator: torch.Generator | None = None) -> nn.Modu
         else:
             raise ValueError(f"unknown model kind {spec['kind']!r}")
         return ScoreModel(net, make_sde(spec["sde"]), parameterization=spec["parameterization"])
-    except (KeyError, TypeError, IndexError) as err:
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
         raise ValueError(f"spec is not a model spec ({type(err).__name__}: {err})") from None
 
 
@@ -212,14 +234,27 @@ def load_model(path: str | os.PathLike, ema: bool = True) -> tuple[nn.Module, di
 
 
 def _in_model_space(source, spec: dict):
-    """A data source (tensor or sampling function) mapped by :func:`to_model_space`."""
+    """A data source (tensor, labelled tuple or sampling function) mapped by :func:`to_model_space`."""
     if isinstance(source, torch.Tensor):
         return to_model_space(source, spec)
+    if isinstance(source, tuple):  # labelled (x, y): only x moves
+        return to_model_space(source[0], spec), source[1]
 
     def draw(n, generator=None):
-        return to_model_space(source(n, generator=generator), spec)
+        out = source(n, generator=generator)
+        if isinstance(out, tuple):
+            return to_model_space(out[0], spec), out[1]
+        return to_model_space(out, spec)
 
+    if getattr(source, "num_classes", None) is not None:
+        draw.num_classes = source.num_classes  # a labelled sampling function stays recognisable
     return draw
+
+
+def _num_classes(source, probe_labels: torch.Tensor) -> int:
+    """The classes of labelled data: a sampler's ``num_classes``, else the largest label + 1."""
+    declared = getattr(source, "num_classes", None)
+    return int(declared) if declared is not None else int(probe_labels.max()) + 1
 
 
 def train_model(
@@ -234,6 +269,7 @@ def train_model(
     device: torch.device | str = "cpu",
     data_name: str | None = None,
     overwrite: bool = False,
+    conditional: bool = False,
     spec: dict | None = None,
 ) -> Trainer:
     """Train the default score model of a data set (the recipe behind ``scoresde train``).
@@ -271,11 +307,18 @@ def train_model(
     overwrite : bool
         Start afresh when ``out_dir`` holds another run, deleting its checkpoint and log
         (default False: a ``FileExistsError`` unless ``resume`` continues it).
+    conditional : bool
+        Train a class-conditional model on labelled data (``data`` resolved with
+        ``labels=True``: the digits, a reference target's components, or a tuple ``(x, y)``),
+        dropping labels with probability ``config.label_dropout`` for classifier-free
+        guidance. The number of classes (recorded as the spec's ``num_classes``) is a labelled
+        sampler's ``num_classes``, else the largest label + 1 (of all the labels of a fixed
+        set, of the statistics draw of a generated one).
     spec : dict, optional
         The model spec to train instead of the data set's default :func:`model_spec` (e.g. a
         diffusers ``UNet2DModel`` from
         :func:`scoresde.interop.training.diffusers_model_spec`); its ``event_shape`` must be
-        the data's, and ``sde`` and ``hidden`` are then taken from it.
+        the data's, and ``sde`` and ``hidden`` are then taken from it (not with ``conditional``).
 
     Returns
     -------
@@ -284,13 +327,19 @@ def train_model(
     """
     config = train_config() if config is None else config
     device = resolve_device(device)
-    source = data_source(data)
-    if isinstance(source, torch.Tensor):  # a fixed set: statistics of all of it
+    source = data_source(data, labels=conditional)
+    if isinstance(source, (torch.Tensor, tuple)):  # a fixed set: statistics of all of it
         probe = source
     else:  # a generated set: statistics of a fixed draw
         probe = source(DEFAULT_STATS_N, generator=torch.Generator().manual_seed(0))
+    if isinstance(probe, tuple) != bool(conditional):
+        raise ValueError("conditional=True needs labelled data (x, y)" if conditional else
+                         "data carry labels (x, y): pass conditional=True to train a class-conditional model")
     if spec is None:
-        spec = model_spec(probe, sde, hidden=hidden)
+        num_classes = _num_classes(source, probe[1]) if conditional else None
+        spec = model_spec(probe[0] if conditional else probe, sde, hidden=hidden, num_classes=num_classes)
+    elif conditional:
+        raise ValueError("spec and conditional=True exclude each other: a given spec is trained unconditionally")
     elif not isinstance(spec, dict) or list(spec.get("event_shape") or ()) != list(probe.shape[1:]):
         got = spec.get("event_shape") if isinstance(spec, dict) else type(spec).__name__
         raise ValueError(f"spec must be a model spec with the data's event_shape {list(probe.shape[1:])}, "

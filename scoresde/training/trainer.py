@@ -9,6 +9,9 @@ denoising score matching, :func:`scoresde.losses.dsm_loss`) over mini-batches fr
 - gradient-norm clipping (global :math:`\ell_2` norm, ``torch.nn.utils.clip_grad_norm_``);
 - an exponential moving average of the weights (:class:`~scoresde.training.EMA`), the model
   used for sampling;
+- class-conditional models on labelled data (batches ``(x, y)``): the default loss drops labels
+  with probability ``config.label_dropout`` (:func:`scoresde.losses.drop_labels`) so that the
+  model also learns the unconditional score, for classifier-free guidance (Ho & Salimans 2021);
 - reproducibility without global state: the trainer owns its :class:`torch.Generator` objects
   (one for the data stream, one for the loss noise), seeded from ``config.seed`` and the rank;
 - checkpoints in the format of :mod:`scoresde.training.checkpoint`; resuming from one
@@ -46,13 +49,35 @@ from .ema import EMA
 __all__ = ["Trainer", "run_files"]
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
-def _default_loss(sde) -> LossFn:
-    def dsm(model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        from ..losses import dsm_loss
 
+
+_LABELS_WITHOUT_CLASSES = ("data carry labels but model is unconditional (no null_label); build its network "
+                           "with num_classes, or pass unlabelled data")
+_CLASSES_WITHOUT_LABELS = ("model is class-conditional (num_classes={}) but data carry no labels; pass (x, y) "
+                           "data, e.g. data_source('digits', labels=True)")
+
+
+def _default_loss(sde, null_label: int | None = None, label_dropout: float = 0.0) -> LossFn:
+    def dsm(model: nn.Module, batch, generator: torch.Generator) -> torch.Tensor:
+        from ..losses import drop_labels, dsm_loss
+
+        if isinstance(batch, tuple):  # labelled data (x, y): drop labels, then conditional DSM
+            if null_label is None:
+                raise ValueError(_LABELS_WITHOUT_CLASSES)
+            x, y = batch
+            y = drop_labels(y, label_dropout, null_label, generator=generator)
+            return dsm_loss(model, sde, x, generator=generator, labels=y)
+        if null_label is not None:
+            raise ValueError(_CLASSES_WITHOUT_LABELS.format(null_label))
         return dsm_loss(model, sde, batch, generator=generator)
 
     return dsm
+
+
+def _to_device(batch, device):
+    if isinstance(batch, (tuple, list)):
+        return tuple(v.to(device) for v in batch)
+    return batch.to(device)
 
 
 class Trainer:
@@ -74,8 +99,13 @@ class Trainer:
         Hyper-parameters (default ``TrainConfig()``).
     loss_fn : callable, optional
         ``loss_fn(model, batch, generator) -> scalar``; ``generator`` is the trainer's loss
-        generator (on the model's device) and must be the only source of randomness. Default:
-        denoising score matching :func:`scoresde.losses.dsm_loss` under ``sde``.
+        generator (on the model's device) and must be the only source of randomness; ``batch``
+        is a tensor, or a tuple ``(x, y)`` for labelled data. Default: denoising score matching
+        :func:`scoresde.losses.dsm_loss` under ``sde``; on labelled data the model must be
+        class-conditional (``model.null_label``, e.g. a :class:`~scoresde.nets.ScoreModel` of a
+        network built with ``num_classes``): labels are dropped to the null label with
+        probability ``config.label_dropout`` (drawn first from the loss generator) and the model
+        is called as ``model(x_t, t, y)``.
     sde : SDE, optional
         For the default loss: default ``model.sde`` if the model has one, else ``VPSDE()``.
     out_dir : str or os.PathLike, optional
@@ -148,18 +178,29 @@ class Trainer:
 
             sde = VPSDE()
         self.sde = sde
-        self.loss_fn = loss_fn if loss_fn is not None else _default_loss(sde)
         # generators: one for the data, one for the loss noise, per rank
         self.data_generator = torch.Generator().manual_seed(derive_seed(config.seed, self.rank, 0))
         self.loss_generator = torch.Generator(device=self.device)
         self.loss_generator.manual_seed(derive_seed(config.seed, self.rank, 1))
         self.data = self._make_stream(data)
+        self.loss_fn = loss_fn if loss_fn is not None else self._default_loss(model, sde)
         self._train_model = data_parallel(model, self.device) if self.world_size > 1 else model
         self.ema = EMA(model, config.ema_decay)  # after DDP's broadcast: identical on all ranks
         self.optimizer = torch.optim.AdamW(self._params, lr=config.lr, weight_decay=config.weight_decay)
         self._log = LossLog(self.out_dir if self.is_main else None)
         self._saved_step: int | None = None  # step of the checkpoint in out_dir, if current
         self._owns_out_dir = out_dir is None  # True once writing to out_dir is known to be safe
+
+    def _default_loss(self, model: nn.Module, sde) -> LossFn:
+        """DSM, conditional on labelled data; refuses a mismatch of model and data."""
+        null = getattr(model, "null_label", None)
+        labelled = isinstance(self.data.data, tuple) or (
+            self.data.data is None and getattr(self.data.sampler, "num_classes", None) is not None)
+        if labelled and null is None:
+            raise ValueError(_LABELS_WITHOUT_CLASSES)
+        if null is not None and self.data.data is not None and not labelled:
+            raise ValueError(_CLASSES_WITHOUT_LABELS.format(null))
+        return _default_loss(sde, null, self.config.label_dropout)
 
     def _make_stream(self, data) -> DataStream:
         bs = self.config.batch_size
@@ -200,7 +241,7 @@ class Trainer:
             self._owns_out_dir = True
 
     def _update(self) -> float:
-        batch = next(self.data).to(self.device)
+        batch = _to_device(next(self.data), self.device)
         self.optimizer.zero_grad(set_to_none=True)
         self._train_model.train()
         loss = self.loss_fn(self._train_model, batch, self.loss_generator)
