@@ -16,6 +16,8 @@ Examples
     scoresde demo --out demo/
     scoresde compare --quick --out results/
     scoresde compare --target imbalanced_2d ring8 --samplers heun ddim --nfe 10,20,50 --out out/
+    scoresde sample --model my_pipeline/ --sampler dpm_solver_pp --steps 20 --n 16 --out grid.png
+    scoresde compare --model my_pipeline/ --samplers ddim dpm_solver_pp --nfe 5,10,20 --out ref/
 """
 
 from __future__ import annotations
@@ -347,10 +349,16 @@ def add_sample_parser(subparsers) -> None:
         "sample",
         help="draw samples from a trained checkpoint",
         description=("Draw samples from the EMA model of a checkpoint written by scoresde train, in the "
-                     "data's own coordinates; a .png shows them over the training data."),
+                     "data's own coordinates; a .png shows them over the training data. --model PATH "
+                     "samples any local model instead (a scoresde checkpoint or a diffusers "
+                     "save_pretrained folder); images are written as a grid."),
     )
-    p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH",
-                   help="a RUN_DIR/checkpoint.pt written by scoresde train")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", type=Path, metavar="PATH",
+                       help="a RUN_DIR/checkpoint.pt written by scoresde train")
+    which.add_argument("--model", type=Path, metavar="PATH",
+                       help="any local model: a scoresde checkpoint or run folder, or a diffusers "
+                            "save_pretrained folder (pipeline or UNet; nothing is downloaded)")
     p.add_argument("--n", type=_int_at_least(1), default=1000, help="number of samples (default 1000)")
     p.add_argument("--sampler", default="heun", metavar="NAME",
                    help=f"sampler (default heun): {', '.join(sampler_names())}")
@@ -392,6 +400,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.guidance and args.label is None:
         raise UsageError("--guidance needs --label (the class to guide towards)")
     _set_threads(args.threads)
+    if args.model is not None:
+        return _sample_local_model(args)
     model, spec = load_model(args.checkpoint)
     score_fn, what = _conditioned(model, args)
     shape = (args.n, *spec["event_shape"])
@@ -408,6 +418,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
                          f"{args.steps} steps ({out.nfe} NFE){what}")
     cost = f"{out.nfe} NFE" + (f" = {2 * out.nfe} network evaluations" if args.guidance else "")
     print(f"{args.n} samples{what} with {args.sampler} ({cost}, {seconds:.2f} s) written to {args.out}")
+    return 0
+
+
+def _local_model(path: Path, device=None):
+    """:func:`scoresde.interop.training.load_local_model`, a missing path being a usage error."""
+    from .interop.training import load_local_model
+
+    if not path.exists():
+        raise UsageError(f"--model {str(path)!r} does not exist")
+    return load_local_model(path, device=device)
+
+
+def _sample_local_model(args: argparse.Namespace) -> int:
+    """``scoresde sample --model PATH``: any local model, to its own end time, in data space."""
+    import torch
+
+    from .samplers import sample
+
+    local = _local_model(args.model)
+    if local.kind == "scoresde":  # the checkpoint path, with its data overlay (and --label/--guidance)
+        args.checkpoint, args.model = Path(local.path), None
+        return cmd_sample(args)
+    if getattr(args, "label", None) is not None or getattr(args, "guidance", None):
+        raise UsageError("--label and --guidance need a class-conditional scoresde checkpoint, not a diffusers model")
+    start = time.perf_counter()
+    out = sample(local.sde, local.score_fn, (args.n, *local.event_shape), args.sampler, steps=args.steps,
+                 eps=local.eps, generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
+    seconds = time.perf_counter() - start
+    _write_samples(local.to_data(out.samples), args.out,
+                   title=f"{args.model.name or args.model}: {args.sampler}, {args.steps} steps ({out.nfe} NFE)")
+    print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE, {seconds:.2f} s) written to {args.out}")
     return 0
 
 
@@ -601,26 +642,39 @@ def add_compare_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "compare",
-        help="compare samplers against exact scores over a sweep of NFE budgets",
+        help="compare samplers against exact scores (or a model's reference solution) over NFE budgets",
         description=(
             "Sample reference targets with exact scores using every sampler at every NFE "
             "budget, score the samples against exact ones (sliced W2, MMD, mode weights, "
-            "covariances, log-density gap) and write results.json, results.md and PNG figures."
+            "covariances, log-density gap) and write results.json, results.md and PNG figures. "
+            "With --model PATH (a scoresde checkpoint or a diffusers save_pretrained folder) the "
+            "samplers run on that model instead and are scored against a reference solution: "
+            "RMSE to a high-accuracy solve of the same probability-flow ODE from the same prior "
+            "draws, and SW2/MMD to a many-step SDE sample."
         ),
     )
+    p.add_argument("--model", type=Path, metavar="PATH",
+                   help="reference-solution mode on a local model (scoresde checkpoint or diffusers "
+                        "folder) instead of the exact-score targets")
+    p.add_argument("--ode-tol", type=float, default=1e-5,
+                   help="with --model: tolerance of the reference ODE solve (default 1e-5; checked "
+                        "against a solve at a tenth of it)")
+    p.add_argument("--sde-steps", type=_int_at_least(1), default=1000,
+                   help="with --model: steps of the Euler-Maruyama SDE reference (default 1000)")
     p.add_argument("--target", dest="targets", nargs="+", action="extend", metavar="NAME",
                    help="target name(s) (default: all; --quick: imbalanced_2d)")
     p.add_argument("--samplers", nargs="+", action="extend", metavar="NAME",
                    help="sampler name(s) (default: all)")
     p.add_argument("--nfe", type=_nfe_list, metavar="LIST",
                    help=f"comma-separated NFE budgets (default {','.join(map(str, DEFAULT_NFE))})")
-    p.add_argument("--n", type=_int_at_least(2), help="samples per run (default 2000)")
+    p.add_argument("--n", type=_int_at_least(2), help="samples per run (default 2000; 64 with --model)")
     p.add_argument("--sde", choices=SDE_NAMES, default=None, help="forward SDE (default vp)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="master seed (default 0)")
-    p.add_argument("--seeds", type=_int_at_least(1), default=3,
+    p.add_argument("--seeds", type=_int_at_least(1), default=None,
                    help="repetitions of every run, each with its own data and sampling seed; "
                         "metrics are mean ± standard error over them and the table marks "
-                        "differences within noise (default 3; 1 is fastest, with no spread)")
+                        "differences within noise (default 3, 1 with --model; 1 is fastest, with "
+                        "no spread)")
     p.add_argument("--quick", action="store_true",
                    help="a few samplers, budgets 10,20,50, n=1000 on imbalanced_2d; other "
                         "options override")
@@ -650,11 +704,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     targets = _split_names(args.targets)
     samplers = _split_names(args.samplers)
     if getattr(args, "inverse", False):
+        if args.model is not None:
+            raise UsageError("--inverse compares posterior samplers on exact posteriors: --model does not apply")
+        if args.seeds is None:
+            args.seeds = 3
         return _cmd_compare_inverse(args, targets, samplers)
     _check_names("target", targets, target_names())
     _check_names("sampler", samplers, sampler_names())
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out must be a directory, {str(args.out)!r} is a file")
+    if args.model is not None:
+        return _compare_model(args, samplers)
+    if args.seeds is None:
+        args.seeds = 3
     config = compare.quick_preset() if args.quick else {}
     for key, value in (("targets", targets), ("samplers", samplers), ("nfe", args.nfe),
                        ("n", args.n), ("sde", args.sde)):
@@ -669,12 +731,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                      progress=args.progress,
                                      keep_samples=args.figures, device=args.device,
                                      memory=args.memory)
-    elapsed = time.perf_counter() - start
+    return _save_and_report(records, args, time.perf_counter() - start, f"over {args.seeds} seed(s)")
+
+
+def _save_and_report(records, args: argparse.Namespace, elapsed: float, what: str) -> int:
+    """Save a comparison to ``--out``, print its table and a one-line summary."""
+    from . import compare
+
     paths = compare.save(records, args.out, figures=args.figures)
     print(compare.to_markdown(records))
     n_ok = sum(r["status"] == "ok" for r in records)
     written = [paths["json"], paths["markdown"], *paths["figures"]]
-    print(f"{len(records)} runs ({n_ok} ok) over {args.seeds} seed(s) in {elapsed:.1f} s; wrote "
+    print(f"{len(records)} runs ({n_ok} ok) {what} in {elapsed:.1f} s; wrote "
           f"{', '.join(p.name for p in written)} to {args.out}")
     return 0
 
@@ -707,6 +775,29 @@ def _cmd_compare_inverse(args: argparse.Namespace, problems, methods) -> int:
     print(f"{len(records)} runs over {args.seeds} seed(s) in {elapsed:.1f} s; wrote "
           f"{', '.join(p.name for p in written)} to {args.out}")
     return 0
+
+
+def _compare_model(args: argparse.Namespace, samplers: list[str] | None) -> int:
+    """``scoresde compare --model PATH``: :func:`scoresde.compare.reference.run_reference_comparison`."""
+    from .compare.reference import DEFAULT_REFERENCE_NFE, run_reference_comparison
+
+    if args.targets or args.quick or args.sde:
+        raise UsageError("--model compares samplers on that model: --target, --quick and --sde do not apply")
+    if not args.ode_tol > 0:
+        raise UsageError(f"--ode-tol must be > 0, got {args.ode_tol}")
+    local = _local_model(args.model, args.device)
+    seeds = 1 if args.seeds is None else args.seeds
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    records = run_reference_comparison(
+        local.sde, local.score_fn, (args.n or 64, *local.event_shape), samplers,
+        args.nfe or DEFAULT_REFERENCE_NFE, seed=args.seed, seeds=seeds, eps=local.eps,
+        label=args.model.name or str(args.model), ode_tol=args.ode_tol, sde_steps=args.sde_steps,
+        to_data=local.to_data, device=args.device, memory=args.memory, progress=args.progress)
+    return _save_and_report(records, args, time.perf_counter() - start, f"on {args.model} over {seeds} seed(s)")
 
 
 #: Functions that register one subcommand each (``add_<name>_parser(subparsers)``).

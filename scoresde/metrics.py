@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "METRICS",
     "METRIC_DESCRIPTIONS",
+    "REFERENCE_DESCRIPTIONS",
     "within_noise",
     "sliced_wasserstein",
     "mmd",
@@ -62,6 +63,17 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "error": ("cov_error + log_density_gap + weight_error: the largest relative covariance "
               "error of a mode (Frobenius norm), plus |mean log p(samples) - mean log p(exact "
               "sample)| under the target, plus the largest error of a mode weight"),
+}
+
+#: What ``error``, ``sw2`` and ``mmd`` mean in a record of the reference-solution mode
+#: (:mod:`scoresde.compare.reference`: a model without exact scores), for captions.
+REFERENCE_DESCRIPTIONS: dict[str, str] = {
+    "error": ("RMSE in data space to a high-accuracy solve of the same probability-flow ODE from "
+              "the same prior draws (deterministic samplers; noise floor: the reference's own "
+              "accuracy)"),
+    "sw2": ("sliced Wasserstein-2 distance to a many-step reverse-SDE sample (noise floor: one "
+            "such sample against another)"),
+    "mmd": "MMD to a many-step reverse-SDE sample (RBF kernel, median-heuristic bandwidth)",
 }
 
 # Largest number of matrix entries materialised at once by the chunked computations

@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ._checks import check_int, check_positive, derive_seed
-from .metrics import METRIC_DESCRIPTIONS, METRICS
+from .metrics import METRIC_DESCRIPTIONS, METRICS, REFERENCE_DESCRIPTIONS
 from .targets import make_target, target_names
 
 __all__ = [
@@ -196,6 +196,8 @@ def _mark(record: Mapping, metric: str, key: str):
 def _caption(records: Sequence[Mapping], metric: str, rises: list[str], width: int) -> str:
     seeds = sorted({int(r.get("seeds") or 1) for r in records})
     text = f"{metric}: {METRIC_DESCRIPTIONS[metric]}."
+    if records and all(r.get("mode") == "reference" for r in records):
+        text = f"{metric}: {REFERENCE_DESCRIPTIONS.get(metric, METRIC_DESCRIPTIONS[metric])}."
     if seeds and seeds[-1] > 1:
         text += (f" Mean over {'/'.join(map(str, seeds))} seeds; bars and the grey band around "
                  "the noise floor: ±2 standard errors (overlapping bars: within noise); hollow "

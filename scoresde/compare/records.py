@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..metrics import METRIC_DESCRIPTIONS, METRICS
+from ..metrics import METRIC_DESCRIPTIONS, METRICS, REFERENCE_DESCRIPTIONS
 from .noise import RANKED, rank, standard_error
 
 __all__ = ["RECORD_KEYS", "new_record", "to_json", "load", "to_markdown", "save"]
@@ -169,6 +169,20 @@ _COLUMNS = (
 _MARKED = ("vs_best", "vs_floor")
 _FLOOR_COLUMNS = ("sw2", "mmd", "weight_error", "mean_error", "cov_error", "log_density_gap",
                   "error")
+# columns that need a target with known modes: left out of tables of reference-mode records
+_TARGET_ONLY = ("weight_error", "mean_error", "cov_error", "log_density_gap")
+
+
+def _reference_mode(records) -> bool:
+    """Whether every record comes from the reference-solution mode (:mod:`~scoresde.compare.reference`)."""
+    return bool(records) and all(r.get("mode") == "reference" for r in records)
+
+
+def _columns(records) -> tuple[tuple[str, str], ...]:
+    if not _reference_mode(records):
+        return _COLUMNS
+    return tuple((k, "RMSE vs ODE ref" if k == "error" else label) for k, label in _COLUMNS
+                 if k not in _TARGET_ONLY)
 
 
 def _check_records(records) -> None:
@@ -194,11 +208,26 @@ def _seed_counts(records) -> str:
 
 def _caption(records) -> list[str]:
     seeds = _seed_counts(records)
-    lines = [f"error = {METRIC_DESCRIPTIONS['error']} (scoresde.metrics.evaluate; columns cov "
+    lines = []
+    if any(r.get("mode") == "reference" for r in records):
+        ref = REFERENCE_DESCRIPTIONS
+        lines.append(f"Reference mode (scoresde.compare.reference): error = {ref['error']}; SW2 = "
+                     f"{ref['sw2']}; MMD = {ref['mmd']}. Mean over {seeds} seed(s) ± one standard "
+                     "error.")
+        if _reference_mode(records):
+            lines[0] = lines[0].replace("error =", "error (RMSE vs ODE ref) =", 1)
+            return [*lines, *_caption_marks(records)]
+        lines.append("")
+    lines += [f"error = {METRIC_DESCRIPTIONS['error']} (scoresde.metrics.evaluate; columns cov "
              f"err, log p gap, weight err). Every metric in the table is lower-is-better and is a mean over {seeds} "
              f"seed(s) (prior draw, sampling noise, exact reference sample and noise floor "
              f"each drawn from the seed) ± one standard error of that mean (spread over the seeds "
              f"/ sqrt(seeds))."]
+    return lines + _caption_marks(records)
+
+
+def _caption_marks(records) -> list[str]:
+    lines = []
     if any((r.get("seeds") or 1) > 1 for r in records):
         lines.append("")
         lines.append(
@@ -246,13 +275,15 @@ def to_markdown(records: Sequence[Mapping]) -> str:
     """
     _check_records(records)
     records = rank(records, ("error",))
-    head = [label for _, label in _COLUMNS] + ["status"]
+    columns = _columns(records)
+    floor_columns = tuple(c for c in _FLOOR_COLUMNS if not (_reference_mode(records) and c in _TARGET_ONLY))
+    head = [label for _, label in columns] + ["status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     floors: dict[tuple, Mapping] = {}
     for r in records:
         marks = r["noise_marks"]["error"]
         cells = []
-        for key, _ in _COLUMNS:
+        for key, _ in columns:
             v = r.get(key)
             if key in _MARKED:
                 cells.append(_fmt(marks[key]))
@@ -276,13 +307,15 @@ def to_markdown(records: Sequence[Mapping]) -> str:
             floors.setdefault((r.get("target"), r.get("n")), r)
     lines += ["", *_caption(records)]
     if floors:
-        lines += ["", "Noise floor (an exact sample against another, same n; mean ± standard "
+        what = ("the reference's own accuracy for error, one SDE reference sample against "
+                "another for sw2 and mmd" if _reference_mode(records) else "an exact sample against another")
+        lines += ["", f"Noise floor ({what}, same n; mean ± standard "
                   "error over the seeds):", "",
-                  "| target | n | " + " | ".join(_FLOOR_COLUMNS) + " |",
-                  "|" + "---|" * (len(_FLOOR_COLUMNS) + 2)]
+                  "| target | n | " + " | ".join(floor_columns) + " |",
+                  "|" + "---|" * (len(floor_columns) + 2)]
         for (tname, n), r in floors.items():
             lines.append(f"| {_cell(_fmt(tname))} | {_fmt(n)} | "
-                         + " | ".join(_with_se(r, c, floor=True) for c in _FLOOR_COLUMNS) + " |")
+                         + " | ".join(_with_se(r, c, floor=True) for c in floor_columns) + " |")
     rises = _rises(records)
     if rises:
         lines += ["", *rises]

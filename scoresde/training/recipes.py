@@ -178,7 +178,12 @@ def from_model_space(x: torch.Tensor, spec: dict) -> torch.Tensor:
 
 
 def build_model(spec: dict, generator: torch.Generator | None = None) -> nn.Module:
-    """The :class:`~scoresde.nets.ScoreModel` described by ``spec`` (see :func:`model_spec`)."""
+    """The :class:`~scoresde.nets.ScoreModel` described by ``spec`` (see :func:`model_spec`).
+
+    Besides the kinds of :func:`model_spec` (``"mlp"``, ``"unet"``), a ``"diffusers_unet"`` spec
+    (:func:`scoresde.interop.training.diffusers_model_spec`) rebuilds a diffusers network from
+    its recorded class and config (needs ``pip install scoresde[diffusers]``).
+    """
     from ..nets import ScoreMLP, ScoreModel, UNet
     from ..sde import make_sde
 
@@ -190,6 +195,10 @@ def build_model(spec: dict, generator: torch.Generator | None = None) -> nn.Modu
         elif spec["kind"] == "unet":
             net = UNet(spec["event_shape"][0], base_channels=spec["base_channels"], generator=generator,
                        num_classes=k)
+        elif spec["kind"] == "diffusers_unet":  # a diffusers UNet2DModel (scoresde.interop.training)
+            from ..interop.training import build_diffusers_net
+
+            net = build_diffusers_net(spec, generator=generator)
         else:
             raise ValueError(f"unknown model kind {spec['kind']!r}")
         return ScoreModel(net, make_sde(spec["sde"]), parameterization=spec["parameterization"])
@@ -261,6 +270,7 @@ def train_model(
     data_name: str | None = None,
     overwrite: bool = False,
     conditional: bool = False,
+    spec: dict | None = None,
 ) -> Trainer:
     """Train the default score model of a data set (the recipe behind ``scoresde train``).
 
@@ -304,6 +314,11 @@ def train_model(
         guidance. The number of classes (recorded as the spec's ``num_classes``) is a labelled
         sampler's ``num_classes``, else the largest label + 1 (of all the labels of a fixed
         set, of the statistics draw of a generated one).
+    spec : dict, optional
+        The model spec to train instead of the data set's default :func:`model_spec` (e.g. a
+        diffusers ``UNet2DModel`` from
+        :func:`scoresde.interop.training.diffusers_model_spec`); its ``event_shape`` must be
+        the data's, and ``sde`` and ``hidden`` are then taken from it (not with ``conditional``).
 
     Returns
     -------
@@ -320,8 +335,15 @@ def train_model(
     if isinstance(probe, tuple) != bool(conditional):
         raise ValueError("conditional=True needs labelled data (x, y)" if conditional else
                          "data carry labels (x, y): pass conditional=True to train a class-conditional model")
-    num_classes = _num_classes(source, probe[1]) if conditional else None
-    spec = model_spec(probe[0] if conditional else probe, sde, hidden=hidden, num_classes=num_classes)
+    if spec is None:
+        num_classes = _num_classes(source, probe[1]) if conditional else None
+        spec = model_spec(probe[0] if conditional else probe, sde, hidden=hidden, num_classes=num_classes)
+    elif conditional:
+        raise ValueError("spec and conditional=True exclude each other: a given spec is trained unconditionally")
+    elif not isinstance(spec, dict) or list(spec.get("event_shape") or ()) != list(probe.shape[1:]):
+        got = spec.get("event_shape") if isinstance(spec, dict) else type(spec).__name__
+        raise ValueError(f"spec must be a model spec with the data's event_shape {list(probe.shape[1:])}, "
+                         f"got {got!r}")
     init = torch.Generator().manual_seed(config.seed)  # same initial weights on every rank
     model = build_model(spec, generator=init).to(device)
     if data_name is None and isinstance(data, (str, os.PathLike)):
