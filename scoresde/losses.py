@@ -373,7 +373,7 @@ def edm_loss(
     reduction: str = "mean",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""The EDM training loss (Karras et al. 2022, eq. 8 and Table 1, "Training").
+    r"""The EDM training loss (Karras et al. 2022, equation 8 and Table 1, "Training").
 
     .. math:: \mathcal L = \mathbb E_{\tilde\sigma, x_0, z}\,\lambda(\tilde\sigma)\,
               \big\|D(x_t, t) - x_0\big\|^2, \qquad

@@ -70,7 +70,7 @@ def _ancestral_step(sig_from: float, sig_to: float, eta: float) -> tuple[float, 
 
 
 class EDM(Sampler):
-    r"""Karras et al. (2022), Alg. 2: Heun's method in :math:`\tilde\sigma` with stochastic churn.
+    r"""Karras et al. (2022), Algorithm 2: Heun's method in :math:`\tilde\sigma` with stochastic churn.
 
     On a grid :math:`\tilde\sigma_0 > \dots > \tilde\sigma_N` (:math:`\tilde\sigma_i = \sigma(t_i)/s(t_i)`),
     with :math:`\tilde x = x/s` and :math:`d(\tilde x, \tilde\sigma) = (\tilde x - D(\tilde x;
