@@ -94,8 +94,10 @@ def sampler_color(name: str):
 
     base = str(name).split(" (")[0]
     registered = names()
-    if base in registered:  # the dark halves of tab20 first (tab10's colours), then the light
-        i = registered.index(base) % 20
+    if base in registered:  # the dark halves of tab20 first (tab10's colours), the light, then tab20b
+        i = registered.index(base) % 40
+        if i >= 20:
+            return matplotlib.colormaps["tab20b"](i - 20)
         return matplotlib.colormaps["tab20"](2 * i if i < 10 else 2 * (i - 10) + 1)
     k = zlib.crc32(base.encode()) % 40
     return matplotlib.colormaps["tab20b" if k < 20 else "tab20c"](k % 20)
