@@ -90,7 +90,7 @@ NEW = ("unipc", "unipc/opt", "dpm_solver_pp:3M", "dpm_solver_pp:3M/opt", "dpm_so
        "dpm_solver:2", "dpm_solver:3", "adaptive_ode", "adaptive_sde", "ipndm", "deis", "lms",
        "ipndm/afs", "lms/afs", "lms/gits", "deis/gits", "unipc/gits")
 #: samplers of issue 16 part A, benchmarked when registered (with their defaults)
-PART_A = ("edm", "dpm_solver_pp_sde", "sa_solver")
+PART_A = ("edm", "dpm_solver_pp_sde", "sa_solver", "euler_ancestral", "dpm_solver_pp_2s_ancestral")
 GITS_FINE = 120
 
 
@@ -340,6 +340,9 @@ def main(argv=None) -> int:
                         help="pilot batch of optimize_schedule (default: 1000 in 2-D, 500 in 64-D)")
     parser.add_argument("--max-evals", type=int, default=3000, help="optimize_schedule budget per step count")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mmd-n", type=int, default=2000,
+                        help="MMD on the first N points of each sample (quadratic cost; the bar's "
+                             "error does not use it); 0: all")
     parser.add_argument("--grids", action="store_true", help="add fixed-grid variants")
     parser.add_argument("--no-diffusers", action="store_true")
     parser.add_argument("--no-kdiffusion", action="store_true")
@@ -378,6 +381,7 @@ def main(argv=None) -> int:
     if not args.no_kdiffusion and not use_kdiff:
         print("k-diffusion is not importable: no k-diffusion baselines", file=sys.stderr)
     records, schedules = [], {}
+    mmd_n = args.mmd_n or None
     for tname in args.targets:
         target = sd.make_target(tname)
         n = args.n if args.n is not None else N_DEFAULT.get(tname, 2000)
@@ -394,17 +398,17 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             records += compare.run_comparison(targets=[tname], samplers=samplers(args.grids, extra),
                                               nfe=budgets, n=n, sde="vp", seed=seed, eps=args.eps,
-                                              memory="none")
+                                              memory="none", mmd_n=mmd_n)
             print(f"{tname} seed {seed}: scoresde samplers {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr)
             if use_diffusers:
                 t0 = time.perf_counter()
-                records += db.run_diffusers([tname], None, budgets, n, seed, memory="none")
+                records += db.run_diffusers([tname], None, budgets, n, seed, memory="none", mmd_n=mmd_n)
                 print(f"{tname} seed {seed}: diffusers {time.perf_counter() - t0:.1f} s",
                       file=sys.stderr)
             if use_kdiff:
                 t0 = time.perf_counter()
-                records += kb.run_kdiffusion([tname], None, budgets, n, seed, eps=args.eps)
+                records += kb.run_kdiffusion([tname], None, budgets, n, seed, eps=args.eps, mmd_n=mmd_n)
                 print(f"{tname} seed {seed}: k-diffusion {time.perf_counter() - t0:.1f} s",
                       file=sys.stderr)
 

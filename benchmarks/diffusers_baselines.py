@@ -220,7 +220,7 @@ def sample_with_scheduler(scheduler, eps_model, shape, steps: int, generator=Non
 
 def run_diffusers(targets=None, schedulers=None, nfe=compare.DEFAULT_NFE, n: int = 2000,
                   seed: int = 0, progress: bool = False, memory: str = "rss",
-                  keep_samples: bool = False, n_projections: int = 256) -> list[dict]:
+                  keep_samples: bool = False, n_projections: int = 256, mmd_n: int | None = None) -> list[dict]:
     """Records of diffusers' schedulers in the format of ``compare.run_comparison``."""
     target_map = _resolve_targets(targets)
     labels = list(SCHEDULERS) if schedulers is None else list(schedulers)
@@ -233,7 +233,7 @@ def run_diffusers(targets=None, schedulers=None, nfe=compare.DEFAULT_NFE, n: int
     records = []
     for tname, target in target_map.items():
         floor = sd.metrics.noise_floor(
-            target, n, n_projections=n_projections,
+            target, n, n_projections=n_projections, mmd_n=mmd_n,
             generator=torch.Generator().manual_seed(compare.derive_seed(seed, tname, "floor")))
         floor = {k: floor[k] for k in compare.METRICS}
         score_fn = target.score_fn(sde)
@@ -263,7 +263,7 @@ def run_diffusers(targets=None, schedulers=None, nfe=compare.DEFAULT_NFE, n: int
                         compare.derive_seed(seed, tname, "eval", label, budget))
                     reference = target.sample(n, generator=egen, dtype=x.dtype)
                     res = sd.metrics.evaluate(x, target, reference=reference,
-                                              n_projections=n_projections, generator=egen)
+                                              n_projections=n_projections, generator=egen, mmd_n=mmd_n)
                 except Exception as exc:  # noqa: BLE001 - a failing scheduler is a result
                     records.append(compare.new_record(
                         tname, label, budget, **base, status="error", steps=steps,

@@ -118,7 +118,7 @@ def nfe_for(per_step: int, n: int) -> int:
 
 def run_kdiffusion(targets=None, labels=None, nfe=compare.DEFAULT_NFE, n: int = 2000, seed: int = 0,
                    eps: float = 1e-3, progress: bool = False, memory: str = "none",
-                   n_projections: int = 256) -> list[dict]:
+                   n_projections: int = 256, mmd_n: int | None = None) -> list[dict]:
     """Records of k-diffusion's samplers in the format of ``compare.run_comparison``."""
     sampling = load_sampling()
     target_map = _resolve_targets(targets)
@@ -132,7 +132,7 @@ def run_kdiffusion(targets=None, labels=None, nfe=compare.DEFAULT_NFE, n: int = 
     records = []
     for tname, target in target_map.items():
         floor = sd.metrics.noise_floor(
-            target, n, n_projections=n_projections,
+            target, n, n_projections=n_projections, mmd_n=mmd_n,
             generator=torch.Generator().manual_seed(compare.derive_seed(seed, tname, "floor")))
         floor = {k: floor[k] for k in compare.METRICS}
         score_fn = target.score_fn(sde)
@@ -166,7 +166,7 @@ def run_kdiffusion(targets=None, labels=None, nfe=compare.DEFAULT_NFE, n: int = 
                     egen = torch.Generator().manual_seed(compare.derive_seed(seed, tname, "eval", label, budget))
                     reference = target.sample(n, generator=egen, dtype=x.dtype)
                     res = sd.metrics.evaluate(x, target, reference=reference, n_projections=n_projections,
-                                              generator=egen)
+                                              generator=egen, mmd_n=mmd_n)
                 except Exception as exc:  # noqa: BLE001 - a failing sampler is a result
                     records.append(compare.new_record(tname, label, budget, **base, status="error",
                                                       steps=steps, reason=f"{type(exc).__name__}: {exc}"))

@@ -519,13 +519,16 @@ def evaluate(
     reference: torch.Tensor | None = None,
     n_projections: int = 256,
     generator: torch.Generator | None = None,
+    *,
+    mmd_n: int | None = None,
 ) -> dict[str, float]:
     r"""All metrics of a sample against a Gaussian-mixture target, as plain Python floats.
 
     Returns a dict with
 
     - ``sw2``: :func:`sliced_wasserstein` to ``reference`` (``n_projections`` directions);
-    - ``mmd``: :func:`mmd` to ``reference``, median-heuristic bandwidth;
+    - ``mmd``: :func:`mmd` to ``reference``, median-heuristic bandwidth (on the first
+      ``mmd_n`` points of each, when given: its cost is quadratic in ``n``);
     - ``weight_error``: :math:`\max_k |\hat w_k - w_k|` (:func:`mode_statistics`);
     - ``mean_error``: :math:`\max_k \lVert \hat m_k - \mu_k \rVert`;
     - ``cov_error``: :math:`\max_k \lVert \hat C_k - \Sigma_k \rVert_F / \lVert\Sigma_k\rVert_F`;
@@ -553,12 +556,18 @@ def evaluate(
         Number of directions for :func:`sliced_wasserstein`.
     generator : torch.Generator, optional
         Source of randomness for the reference sample and the projections.
+    mmd_n : int, optional
+        Compute ``mmd`` on at most this many points of each sample (>= 2; default: all). At
+        ``n = 20000`` in 2-D the full MMD takes ~90% of the evaluation time; every other metric
+        always uses the whole sample.
 
     Returns
     -------
     dict of str to float
     """
     samples = _samples("samples", samples)
+    if mmd_n is not None:
+        mmd_n = check_int("mmd_n", mmd_n, minimum=2)
     _check_target(target, samples, "samples")
     n_projections = check_int("n_projections", n_projections, minimum=1)
     n = samples.shape[0]
@@ -577,7 +586,7 @@ def evaluate(
     gap = abs(mld - mld_ref)
     return {
         "sw2": float(sliced_wasserstein(samples, reference, n_projections, generator)),
-        "mmd": float(mmd(samples, reference)),
+        "mmd": float(mmd(samples[:mmd_n], reference[:mmd_n])),
         "weight_error": weight_error,
         "mean_error": float(stats["mean_error"].max()),
         "cov_error": cov_error,
@@ -593,6 +602,8 @@ def noise_floor(
     n: int,
     n_projections: int = 256,
     generator: torch.Generator | None = None,
+    *,
+    mmd_n: int | None = None,
 ) -> dict[str, float]:
     r"""Metrics of a perfect sampler: :func:`evaluate` of one exact sample against another.
 
@@ -611,6 +622,8 @@ def noise_floor(
         Number of directions for :func:`sliced_wasserstein`.
     generator : torch.Generator, optional
         Source of randomness.
+    mmd_n : int, optional
+        As in :func:`evaluate`: MMD on at most this many points of each sample.
 
     Returns
     -------
@@ -626,7 +639,8 @@ def noise_floor(
         )
     a = target.sample(n, generator=generator, dtype=torch.float64)
     b = target.sample(n, generator=generator, dtype=torch.float64)
-    return evaluate(a, target, reference=b, n_projections=n_projections, generator=generator)
+    return evaluate(a, target, reference=b, n_projections=n_projections, generator=generator,
+                    mmd_n=mmd_n)
 
 
 def within_noise(a: float, se_a: float, b: float, se_b: float, z: float = 2.0) -> bool:

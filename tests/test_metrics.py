@@ -457,3 +457,20 @@ BAD_INPUTS = (
 def test_bad_input_raises_naming_the_argument(call, error, name):
     with pytest.raises(error, match=rf"\b{name}\b"):
         call()
+
+
+def test_mmd_n_caps_only_the_mmd():
+    target = sd.imbalanced_2d()
+    g = torch.Generator().manual_seed(3)
+    x = target.sample(600, generator=g, dtype=torch.float64)
+    ref = target.sample(600, generator=g, dtype=torch.float64)
+    full = evaluate(x, target, reference=ref, generator=torch.Generator().manual_seed(0))
+    capped = evaluate(x, target, reference=ref, generator=torch.Generator().manual_seed(0), mmd_n=200)
+    assert capped["mmd"] == pytest.approx(float(mmd(x[:200], ref[:200])), rel=1e-12)
+    assert capped["mmd"] != full["mmd"]
+    for key in ("sw2", "weight_error", "cov_error", "log_density_gap", "error"):
+        assert capped[key] == full[key]
+    floor = noise_floor(target, 300, generator=torch.Generator().manual_seed(1), mmd_n=100)
+    assert floor["n"] == 300
+    with pytest.raises(ValueError, match="mmd_n"):
+        evaluate(x, target, reference=ref, mmd_n=1)

@@ -97,6 +97,7 @@ class _Context:
     n_projections: int
     memory: str
     floor: dict
+    mmd_n: int | None = None
 
     def base(self, label: str, solver: Sampler) -> dict:
         return {
@@ -139,7 +140,7 @@ def _evaluate(ctx: _Context, run: _Run, *keys) -> None:
         reference = ctx.target.sample(ctx.n, generator=gen, device=ctx.device,
                                       dtype=run.samples.dtype)
         res = _metrics.evaluate(run.samples, ctx.target, reference=reference,
-                                n_projections=ctx.n_projections, generator=gen)
+                                n_projections=ctx.n_projections, generator=gen, mmd_n=ctx.mmd_n)
     except Exception as exc:  # noqa: BLE001
         run.error = f"evaluation failed: {type(exc).__name__}: {exc}"
         return
@@ -359,6 +360,7 @@ def run_comparison(
     tolerances: Sequence[float] = TOLERANCES,
     memory: str = "rss",
     seeds: int = 1,
+    mmd_n: int | None = None,
 ) -> list[dict]:
     r"""Sample every target with every sampler at every NFE budget and score the samples.
 
@@ -402,6 +404,10 @@ def run_comparison(
         with their spread, and :func:`~scoresde.compare.noise.rank` marks which differences
         are within noise. The default 1 is the fastest (no spread, nothing marked, exactly the
         run of ``seed``); use 3 or more to rank samplers (``scoresde compare`` uses 3).
+    mmd_n : int, optional
+        Compute the MMD (of every run and of the noise floor) on at most this many points of
+        each sample (:func:`~scoresde.metrics.evaluate`); every other metric uses all ``n``.
+        The MMD is quadratic in ``n``: at ``n = 20000`` it dominates the evaluation.
 
     Returns
     -------
@@ -427,6 +433,8 @@ def run_comparison(
     sde_obj, sde_label = _resolve_sde(sde)
     eps = check_positive("eps", eps)
     n_projections = check_int("n_projections", n_projections)
+    if mmd_n is not None:
+        mmd_n = check_int("mmd_n", mmd_n, minimum=2)
     if isinstance(tolerances, (str, bytes)) or not isinstance(tolerances, Sequence):
         raise TypeError(f"tolerances must be a sequence of floats, got {type(tolerances).__name__}")
     tols = sorted({check_positive("tolerances", t) for t in tolerances}, reverse=True)
@@ -451,11 +459,11 @@ def run_comparison(
             for i in range(seeds):
                 rep = replicate_seed(seed, i)
                 floor = _metrics.noise_floor(
-                    target, n, n_projections=n_projections,
+                    target, n, n_projections=n_projections, mmd_n=mmd_n,
                     generator=torch.Generator().manual_seed(derive_seed(rep, tname, "floor")))
                 ctxs.append(_Context(tname, target, sde_obj, sde_label, score_fn, n, rep, eps,
                                      device, dtype, n_projections, memory,
-                                     {k: floor[k] for k in METRICS}))
+                                     {k: floor[k] for k in METRICS}, mmd_n))
             floor_mean, floor_spread = mean_and_spread([c.floor for c in ctxs])
             for label, solver in sampler_map.items():
 
