@@ -913,3 +913,13 @@ def test_cli_compare_seeds(tmp_path, capsys):
     assert "must be an integer >= 1" in capsys.readouterr().err
     assert main(["compare", "--help"]) == 0
     assert "--seeds" in capsys.readouterr().out
+
+
+def test_mmd_n_caps_only_the_mmd_of_runs_and_floor():
+    kw = dict(targets="imbalanced_2d", samplers="ddim", nfe=(10,), n=400, memory="none")
+    full, capped = compare.run_comparison(**kw)[0], compare.run_comparison(**kw, mmd_n=100)[0]
+    assert capped["mmd"] != full["mmd"] and capped["noise_floor"]["mmd"] != full["noise_floor"]["mmd"]
+    for key in ("sw2", "error", "cov_error", "weight_error"):
+        assert capped[key] == full[key] and capped["noise_floor"][key] == full["noise_floor"][key]
+    with pytest.raises(ValueError, match="mmd_n"):
+        compare.run_comparison(**kw, mmd_n=1)
