@@ -66,9 +66,15 @@ def test_declared_nfe_matches_counted(solver):
                         generator=torch.Generator().manual_seed(0))
         declared = solver.nfe(k)
         if solver.adaptive:
-            assert declared is None
+            assert declared is None and not solver.default_denoise
         else:
-            assert declared == out.nfe, f"{solver!r} at {k} steps: declared {declared}, counted {out.nfe}"
+            final = 1 if solver.default_denoise else 0  # sample()'s default final step
+            assert declared + final == out.nfe, (
+                f"{solver!r} at {k} steps: declared {declared} + {final}, counted {out.nfe}")
+            if final:
+                plain = sd.sample(sde, score_fn, (4, 2), sampler=solver, steps=k, denoise=False,
+                                  generator=torch.Generator().manual_seed(0))
+                assert plain.nfe == declared
 
 
 def test_the_docs_table_matches_the_declarations():
@@ -87,7 +93,7 @@ def test_the_docs_table_matches_the_declarations():
             break
     header, body = rows[0], rows[1:]
     assert header == ["name", "order", "nfe_per_step", "stochastic", "needs_linear_sde", "default_grid",
-                      "evaluates_at_end"]
+                      "evaluates_at_end", "default_denoise"]
     yn = {True: "yes", False: "no"}
     documented = {}
     for r in body:
@@ -96,5 +102,5 @@ def test_the_docs_table_matches_the_declarations():
         assert r[1:] == ["—" if s.order is None else f"{s.order:g}",
                          "adaptive" if s.adaptive else str(s.nfe_per_step), yn[s.stochastic],
                          yn[s.needs_linear_sde], "its own" if s.owns_grid else s.default_grid,
-                         yn[s.evaluates_at_end]], r[0]
+                         yn[s.evaluates_at_end], s.default_denoise or "no"], r[0]
     assert sorted(documented) == S.names()

@@ -86,7 +86,7 @@ def test_edm_model_validation_and_sampling():
     model = sd.ScoreModel(sd.ScoreMLP(2), sde, parameterization="edm")
     out = sd.sample(sde, model, (8, 2), sampler="edm", steps=4, eps=sde.sigma_min,
                     generator=torch.Generator().manual_seed(0))
-    assert out.nfe == 8 and out.samples.shape == (8, 2)
+    assert out.nfe == 9 and out.samples.shape == (8, 2)
 
 
 def _expected_gaussian_loss(var, d, P_mean=-1.2, P_std=1.2, sigma_data=0.5, n=200):

@@ -53,7 +53,7 @@ def weak_error(sampler, sde, grid):
     mT, vT = sT * MU, sT**2 * V + gT**2
     probe = Scripted(lambda k, shape, dtype: torch.zeros(shape))
     sd.sample(sde, score, (1, 1), sampler=sampler, grid=grid, generator=probe,
-              x_init=torch.full((1, 1), mT, dtype=torch.float64))
+              x_init=torch.full((1, 1), mT, dtype=torch.float64), denoise=False)
 
     def basis(k, shape, dtype):
         z = torch.zeros(shape)
@@ -63,7 +63,7 @@ def weak_error(sampler, sde, grid):
     x0 = torch.full((probe.calls + 2, 1), mT, dtype=torch.float64)
     x0[1] += 1.0
     y = sd.sample(sde, score, tuple(x0.shape), sampler=sampler, grid=grid, x_init=x0,
-                  generator=Scripted(basis)).samples[:, 0]
+                  generator=Scripted(basis), denoise=False).samples[:, 0]
     mean = float(y[0])
     var = float(y[1] - y[0]) ** 2 * vT + float(((y[2:] - y[0]) ** 2).sum())
     return abs(mean - se * MU) + abs(var - (se**2 * V + ge**2))
@@ -151,12 +151,13 @@ def test_measured_strong_order_is_one(label, make, eta):
     x_T = sT * MU + math.sqrt(sT**2 * V + gT**2) * torch.randn(B, 1, generator=g, dtype=torch.float64)
     Z = list(torch.randn(n_ref, B, 1, generator=g, dtype=torch.float64))
     seq = lambda zs: Scripted(lambda k, shape, dtype: zs[k])  # noqa: E731
-    ref = sd.sample(sde, score, (B, 1), sampler=make(), grid=fine, x_init=x_T, generator=seq(Z)).samples
+    ref = sd.sample(sde, score, (B, 1), sampler=make(), grid=fine, x_init=x_T, generator=seq(Z),
+                    denoise=False).samples
     errs = []
     for n in (16, 32, 64):
         m = n_ref // n
         out = sd.sample(sde, score, (B, 1), sampler=make(), grid=fine[::m], x_init=x_T,
-                        generator=seq(_coupled(lam, Z, m, eta))).samples
+                        generator=seq(_coupled(lam, Z, m, eta)), denoise=False).samples
         errs.append(float((out - ref).abs().mean()))
     rates = _rates(errs)
     assert all(0.7 < r < 1.5 for r in rates[1:]), (errs, rates)
@@ -187,7 +188,7 @@ def test_deterministic_settings_have_their_order(label, make, order, grid, sde):
     errs = []
     for steps in (16, 32, 64):
         out = sd.sample(sde, _gaussian_1d().score_fn(sde), (9, 1), make(), steps=steps, x_init=xT,
-                        eps=eps, grid=grid)
+                        eps=eps, grid=grid, denoise=False)
         errs.append(float((out.samples - exact).abs().max()))
     rates = _rates(errs)
     assert all(order - 0.5 < r < order + 1.7 for r in rates), (errs, rates)
@@ -201,7 +202,7 @@ def test_special_cases_equal_the_solvers_they_reduce_to():
 
     def run(sampler, seed=1, **kw):
         return sd.sample(sde, score, (32, 2), sampler=sampler, steps=12, x_init=xT, grid="log_snr",
-                         generator=torch.Generator().manual_seed(seed), **kw).samples
+                         generator=torch.Generator().manual_seed(seed), denoise=False, **kw).samples
 
     for order in (2, 3):  # eta = 0: the deterministic DPM-Solver++(2M)/(3M)
         torch.testing.assert_close(run(S.DPMSolverPlusPlusSDE(order=order, eta=0.0)),
@@ -218,7 +219,8 @@ def test_special_cases_equal_the_solvers_they_reduce_to():
     # EDM without churn is Heun in sigma~: on the VE-type EDM SDE that is Heun in t
     edm = sd.EDMSDE()
     xe = edm.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    a = sd.sample(edm, target.score_fn(edm), (16, 2), sampler="edm", steps=8, x_init=xe, eps=0.01)
+    a = sd.sample(edm, target.score_fn(edm), (16, 2), sampler="edm", steps=8, x_init=xe, eps=0.01,
+                  denoise=False)
     b = sd.sample(edm, target.score_fn(edm), (16, 2), sampler="heun", steps=8, x_init=xe, eps=0.01, grid="edm")
     torch.testing.assert_close(a.samples, b.samples, rtol=1e-9, atol=1e-9)
     assert a.nfe == b.nfe == 16
@@ -251,7 +253,7 @@ def test_edm_churn_only_inside_its_range_and_capped_at_T():
     # and churn at T (sigma~ capped at sigma~(T)) evaluates the model no later than T
     out = sd.sample(sde, score, (8, 2), sampler=S.EDM(s_churn=50.0), grid=grid, x_init=xT,
                     generator=Scripted(lambda k, shape, dtype: torch.zeros(shape)))
-    assert bool(torch.isfinite(out.samples).all()) and out.nfe == 20
+    assert bool(torch.isfinite(out.samples).all()) and out.nfe == 20 + 1  # + the default final step
 
 
 def test_grids_ending_at_zero():
@@ -399,7 +401,8 @@ def test_registered_with_usable_defaults_at_100_steps():
         assert name in S.names()
         out = sd.sample(sde, target.score_fn(sde), (64, 2), sampler=name, steps=100,
                         generator=torch.Generator().manual_seed(0))
-        assert out.nfe == S.resolve(name).nfe(100) and bool(torch.isfinite(out.samples).all())
+        final = 1 if S.resolve(name).default_denoise else 0  # the default final step to t = 0
+        assert out.nfe == S.resolve(name).nfe(100) + final and bool(torch.isfinite(out.samples).all())
     assert S.resolve("dpm_solver_pp_sde", {"order": 3}).order == 3
     assert S.SASolver(2, 0).order == 2 and S.SASolver(2, 3).order == 3 and S.SASolver(3, 2).order == 2
     for name in NEW:  # a non-linear SDE is refused

@@ -109,7 +109,9 @@ def measure_cost(
 
     A fixed-step sampler whose run over :math:`k` intervals costs ``sampler.nfe(k)``
     :math:`= c_0 + c\,k` evaluations (:math:`c` = ``sampler.nfe_per_step``) gets
-    ``SamplerCost(per_step=c, overhead=c_0)``; one that declares ``adaptive`` (or whose
+    ``SamplerCost(per_step=c, overhead=c_0)`` (plus one for a sampler whose
+    :attr:`~scoresde.samplers.Sampler.default_denoise` adds a final step: the cost is that of
+    :func:`scoresde.sample` with its defaults); one that declares ``adaptive`` (or whose
     ``nfe`` is ``None``) gets ``SamplerCost(adaptive=True)``. ``min_steps`` is the smallest step
     count whose grid the sampler accepts, found from :meth:`~scoresde.samplers.Sampler.grid`
     without evaluating the score.
@@ -171,6 +173,8 @@ def measure_cost(
         raise ValueError(
             f"{label} declares nfe_per_step = {per_step} but nfe({k + 1}) - nfe({k}) = "
             f"{solver.nfe(k + 1) - declared}")
+    # a run of sample() with its defaults: the sampler's steps and its default final step
+    run_nfe = declared + (1 if solver.default_denoise else 0)
     if verify:
         gen = torch.Generator(device=device or "cpu").manual_seed(_CHECK_SEED)
         try:
@@ -178,8 +182,10 @@ def measure_cost(
                          generator=gen, eps=eps, device=device, dtype=dtype)
         except (ValueError, ArithmeticError, RuntimeError) as exc:
             raise ValueError(f"{label} does not run with steps={k}: {exc}") from exc
-        if out.nfe != declared:
+        if out.nfe != run_nfe:
             raise ValueError(
-                f"{label} declares nfe({k}) = {declared} but made {out.nfe} score evaluations")
-    return SamplerCost(per_step=per_step, overhead=declared - per_step * k, adaptive=False,
+                f"{label} declares nfe({k}) = {declared}"
+                + (" plus its default denoising step" if run_nfe != declared else "")
+                + f" but made {out.nfe} score evaluations")
+    return SamplerCost(per_step=per_step, overhead=run_nfe - per_step * k, adaptive=False,
                        min_steps=k)

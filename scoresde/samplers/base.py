@@ -92,6 +92,12 @@ class Sampler(abc.ABC):
         grid ending at ``t = 0``, where the score of data on a low-dimensional set is singular.
         The default ``True`` is the safe one; a sampler that never evaluates there declares
         ``False``.
+    ``default_denoise``
+        The final step :func:`scoresde.sample` takes when its ``denoise`` is not given:
+        ``False`` for most, ``"tweedie"`` (Tweedie's step to ``t = 0``, one more score
+        evaluation, not counted by :meth:`nfe`) for the samplers whose reference algorithm
+        ends on the data prediction at zero noise — EDM's Alg. 2, DPM-Solver++ SDE and
+        SA-Solver as k-diffusion and diffusers run them.
     ``zero_noise_end``
         Whether ``run`` can take its last step to a time where σ = 0 (the log-SNR
         is +∞: ``t = 0`` on the VP-type SDEs, where diffusers' loops end), landing
@@ -111,6 +117,7 @@ class Sampler(abc.ABC):
     default_grid: str | LogSNRSchedule = "uniform"
     evaluates_at_end: bool = True
     zero_noise_end: bool = True
+    default_denoise: bool | str = False
 
     def nfe(self, steps: int) -> int | None:
         """Score evaluations of a run over ``steps`` grid intervals (``None`` when adaptive)."""

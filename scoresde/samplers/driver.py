@@ -58,7 +58,7 @@ def sample(
     *,
     eps: float | None = None,
     grid=None,
-    denoise: bool | str = False,
+    denoise: bool | str | None = None,
     trajectory: bool = False,
     callback: Callback | None = None,
     progress: bool = False,
@@ -102,8 +102,12 @@ def sample(
         there (:attr:`~scoresde.samplers.Sampler.evaluates_at_end`) or cannot step to zero
         noise (:attr:`~scoresde.samplers.Sampler.zero_noise_end`). DDPM owns its grid and
         refuses any ``grid`` but ``None``.
-    denoise : bool or {"tweedie", "flow"}
-        A final step from the grid's end time to 0 (one more score evaluation). ``True`` or
+    denoise : bool or {"tweedie", "flow"}, optional
+        A final step from the grid's end time to 0 (one more score evaluation). Default: the
+        sampler's :attr:`~scoresde.samplers.Sampler.default_denoise` (``"tweedie"`` for
+        ``edm``, ``dpm_solver_pp_sde`` and ``sa_solver``, whose reference algorithms end on
+        the data prediction; ``False`` for every other sampler, and for a grid that ends at
+        ``t = 0``). ``True`` or
         ``"tweedie"``: Tweedie's posterior mean
         :math:`x \leftarrow (x + \sigma^2 \nabla\log p_\epsilon(x))/s`, which removes the residual
         noise of scale :math:`\sigma(\epsilon)` but shrinks a data direction of variance
@@ -161,12 +165,14 @@ def sample(
     shape = check_shape("shape", shape)
     if steps is not None:
         steps = check_int("steps", steps)
-    if not (isinstance(denoise, bool) or denoise in ("tweedie", "flow")):
+    if not (denoise is None or isinstance(denoise, bool) or denoise in ("tweedie", "flow")):
         raise ValueError(f"denoise must be False, True, 'tweedie' or 'flow', got {denoise!r}")
     if not isinstance(check_finite, bool):
         raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
     solver = resolve(sampler, options)
     times = _times(solver, sde, grid, steps, eps)
+    if denoise is None:  # the sampler's default final step; none when the grid ends at 0
+        denoise = solver.default_denoise if float(times[-1]) > 0.0 else False
     if denoise and float(times[-1]) == 0.0:
         raise ValueError(
             "denoise must be False when the grid already ends at t = 0 (the denoising step "

@@ -99,10 +99,12 @@ class EDM(Sampler):
     :math:`S_{\rm churn} = 80, S_{\rm tmin} = 0.05, S_{\rm tmax} = 1, S_{\rm noise} = 1.003`
     for ImageNet-64 with 256 steps). Order 2, also with churn: the churn per step,
     :math:`\gamma_i = S_{\rm churn}/N`, shrinks with the step, and the tests measure weak order 2
-    on Gaussian data. **NFE = 2 × steps.** Alg. 2's last step to :math:`\tilde\sigma_N = 0` is a
+    on Gaussian data. Alg. 2's last step to :math:`\tilde\sigma_N = 0` is a
     plain Euler step, which lands
     exactly on :math:`D(\tilde x_{N-1}; \tilde\sigma_{N-1})`: that is the driver's
-    ``denoise=True`` (one more evaluation), so grids here end at ``eps > 0``.
+    ``denoise=True`` (one more evaluation), so grids here end at ``eps > 0`` and
+    :func:`scoresde.sample` takes that step by default (``default_denoise = "tweedie"``:
+    **NFE = 2 × steps + 1**; pass ``denoise=False`` to stop at ``eps``).
 
     Parameters
     ----------
@@ -126,8 +128,8 @@ class EDM(Sampler):
     >>> target = sd.Gaussian(torch.zeros(2), torch.eye(2))
     >>> out = sd.sample(sde, target.score_fn(sde), (64, 2), sampler="edm", steps=10,
     ...                 eps=sde.sigma_min, s_churn=10.0, generator=torch.Generator().manual_seed(0))
-    >>> out.nfe
-    20
+    >>> out.nfe  # 10 Heun steps and the final step to sigma = 0
+    21
     """
 
     name = "edm"
@@ -135,9 +137,11 @@ class EDM(Sampler):
     needs_linear_sde = True
     default_grid = "edm"
     # Heun's second stage is at each step's end, but Alg. 2 skips it on a step to sigma = 0;
-    # grids ending at 0 are refused all the same (end at sigma_min and use denoise=True)
+    # grids ending at 0 are refused all the same: they end at sigma_min, and Alg. 2's last
+    # (Euler) step to 0 is the driver's default denoising step
     evaluates_at_end = False
     zero_noise_end = False
+    default_denoise = "tweedie"
 
     def __init__(self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
                  s_noise: float = 1.0):

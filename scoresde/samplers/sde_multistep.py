@@ -110,14 +110,15 @@ class DPMSolverPlusPlusSDE(Sampler):
     >>> target = sd.Gaussian(torch.zeros(2), torch.eye(2))
     >>> out = sd.sample(sde, target.score_fn(sde), (64, 2), sampler="dpm_solver_pp_sde", steps=20,
     ...                 order=3, generator=torch.Generator().manual_seed(0))
-    >>> out.nfe
-    20
+    >>> out.nfe  # 20 steps and the default final (Tweedie) step to t = 0
+    21
     """
 
     name = "dpm_solver_pp_sde"
     needs_linear_sde = True
     default_grid = "log_snr"
     evaluates_at_end = False
+    default_denoise = "tweedie"
     SOLVER_TYPES = ("midpoint", "heun")
 
     def __init__(self, order: int = 2, eta: float = 1.0, s_noise: float = 1.0,
@@ -262,8 +263,8 @@ class SASolver(Sampler):
     >>> target = sd.Gaussian(torch.zeros(2), torch.eye(2))
     >>> out = sd.sample(sde, target.score_fn(sde), (64, 2), sampler="sa_solver", steps=20,
     ...                 generator=torch.Generator().manual_seed(0))
-    >>> out.nfe
-    20
+    >>> out.nfe  # 20 steps and the default final (Tweedie) step to t = 0
+    21
     """
 
     name = "sa_solver"
@@ -271,6 +272,7 @@ class SASolver(Sampler):
     default_grid = "log_snr"
     zero_noise_end = False  # its steps need a finite log-SNR at the end of the grid
     evaluates_at_end = False
+    default_denoise = "tweedie"
 
     def __init__(self, predictor_order: int = 3, corrector_order: int = 3, tau: float = 1.0,
                  lower_order_final: bool = True):
