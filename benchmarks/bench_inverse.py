@@ -147,7 +147,10 @@ def inpaint_digits(sde, model, n_digits: int, n_samples: int, methods, steps: in
     A = sd.operators.inpainting(mask)
     masked_all = x_test.clone()
     masked_all[:, 0, 4:] = -1.0
-    flat = (lambda v: v.reshape(len(v), -1).numpy())
+
+    def flat(v):
+        return v.reshape(len(v), -1).numpy()
+
     out = {"held_out_accuracy_full": float(clf.score(flat(x_test), y_test.numpy())),
            "held_out_accuracy_masked": float(clf.score(flat(masked_all), y_test.numpy())),
            "n_digits": n_digits, "n_samples": n_samples, "steps": steps, "noise_std": noise_std,
