@@ -4,7 +4,7 @@ Run by hand (not a test)::
 
     python benchmarks/bench_inverse.py                       # everything, table + JSON
     python benchmarks/bench_inverse.py --part error --seeds 3 --json inverse.json
-    python benchmarks/bench_inverse.py --part digits --train-steps 3000
+    python benchmarks/bench_inverse.py --part digits --model runs/digits_unet --figure fig.png
 
 Parts:
 
@@ -95,85 +95,153 @@ def part_cost(args) -> list[dict]:
     return rows
 
 
-def train_digits_model(steps: int, seed: int = 0):
-    """An unconditional UNet on the digits' train split (ε-prediction, VP), EMA weights."""
-    x_train, _ = sd.data.digits("train")
-    sde = sd.VPSDE()
-    model = sd.ScoreModel(sd.UNet(1, generator=torch.Generator().manual_seed(seed)), sde)
-    config = sd.TrainConfig(steps=steps, batch_size=128, lr=2e-3, warmup=50, ema_decay=0.999,
-                            seed=seed)
-    trainer = sd.Trainer(model, x_train, config, progress=False)
-    trainer.train()
-    return sde, trainer.ema_model.eval()
+def digits_model(run_dir: str | None, steps: int, seed: int = 0):
+    """An unconditional UNet on the digits' train split (ε-prediction, VP), EMA weights.
+
+    ``run_dir`` with a ``checkpoint.pt`` is loaded (cheap re-runs); otherwise the training recipe
+    (:func:`scoresde.training.train_model`, cosine learning rate) trains ``steps`` updates into it
+    (a temporary folder when ``run_dir`` is None). Returns ``(sde, model, info)``.
+    """
+    import os
+    import tempfile
+
+    from scoresde.training import load_model, train_config, train_model
+
+    path = None if run_dir is None else os.path.join(run_dir, "checkpoint.pt")
+    start = time.perf_counter()
+    if path is None or not os.path.exists(path):
+        run_dir = run_dir or tempfile.mkdtemp(prefix="digits_unet_")
+        config = train_config(steps, seed=seed, batch_size=128, lr=2e-3, warmup=100,
+                              ema_decay=0.999, checkpoint_every=500)
+        train_model("digits", run_dir, config=config, progress=False)
+        path = os.path.join(run_dir, "checkpoint.pt")
+    model, _ = load_model(path)
+    ckpt = sd.training.load_checkpoint(path)
+    info = {"model": path, "train_steps": int(ckpt.get("step", steps)),
+            "load_or_train_s": time.perf_counter() - start}
+    return model.sde, model, info
 
 
-def inpaint_digits(sde, model, n_digits: int, n_samples: int, methods, steps: int,
-                   noise_std: float = 0.05, seed: int = 0) -> dict:
-    """Inpaint the lower half of held-out digits; classifier agreement and posterior spread."""
+def _classifier():
     from sklearn.linear_model import LogisticRegression
 
     x_train, y_train = sd.data.digits("train")
+    return LogisticRegression(max_iter=2000).fit(x_train.reshape(len(x_train), -1).numpy(),
+                                                 y_train.numpy())
+
+
+def inpaint_digits(sde, model, n_digits: int, n_samples: int, methods, steps: int,
+                   noise_std: float = 0.05, seed: int = 0, keep: int = 0) -> dict:
+    """Inpaint the lower half of held-out digits with every method.
+
+    Per method: the fraction of posterior samples a held-out logistic-regression classifier
+    (trained on the full training digits) assigns to the true digit, the posterior spread (per-pixel
+    standard deviation over the samples in the unknown half, averaged), NFE per sample and wall time
+    per digit; also the classifier's accuracy on the full test digits and on the masked ones (lower
+    half set to the background, -1). ``keep`` samples of the first digits are returned (figure).
+    """
+    clf = _classifier()
     x_test, y_test = sd.data.digits("test")
-    clf = LogisticRegression(max_iter=2000).fit(x_train.reshape(len(x_train), -1).numpy(),
-                                                y_train.numpy())
     mask = torch.zeros(1, 8, 8, dtype=torch.bool)
     mask[:, :4] = True                    # the upper half is observed
     A = sd.operators.inpainting(mask)
-    out = {"held_out_accuracy_full": float(clf.score(x_test.reshape(len(x_test), -1).numpy(),
-                                                     y_test.numpy())),
-           "methods": {}}
+    masked_all = x_test.clone()
+    masked_all[:, 0, 4:] = -1.0
+
+    def flat(v):
+        return v.reshape(len(v), -1).numpy()
+
+    out = {"held_out_accuracy_full": float(clf.score(flat(x_test), y_test.numpy())),
+           "held_out_accuracy_masked": float(clf.score(flat(masked_all), y_test.numpy())),
+           "n_digits": n_digits, "n_samples": n_samples, "steps": steps, "noise_std": noise_std,
+           "methods": {}, "samples": {}}
     for method in methods:
-        agree, spread, nfe, wall = [], [], 0, 0.0
+        agree, spread, nfe, wall, kept = [], [], 0, 0.0, []
         for i in range(n_digits):
-            x = x_test[i]
-            y = A @ x.reshape(-1).double()
+            y = A @ x_test[i].reshape(-1).double()
             g = torch.Generator().manual_seed(seed + i)
             start = time.perf_counter()
             try:
                 res = sd.posterior_sample(sde, model, A, y, noise_std, (n_samples, 1, 8, 8),
                                           method=method, steps=steps, generator=g)
             except (sd.NonFiniteError, ValueError) as exc:
-                agree, spread = [math.nan], [math.nan]
                 out["methods"][method] = {"error": f"{type(exc).__name__}: {exc}"}
                 break
             wall += time.perf_counter() - start
             nfe = res.nfe_per_sample
-            s = res.samples.clamp(-1, 1)
+            s = res.samples.detach().clamp(-1, 1)
             pred = clf.predict(s.reshape(n_samples, -1).numpy())
             agree.append(float((pred == int(y_test[i])).mean()))
             spread.append(float(s[:, 0, 4:].std(0).mean()))
+            if i < keep:
+                kept.append(s[:2])
         if method in out["methods"]:
             continue
-        out["methods"][method] = {"agreement": sum(agree) / len(agree),
-                                  "spread": sum(spread) / len(spread), "nfe_per_sample": nfe,
-                                  "wall_s_per_digit": wall / n_digits}
-    # the classifier on the observed half only (lower half set to the background -1)
-    masked = x_test[:n_digits].clone()
-    masked[:, 0, 4:] = -1.0
-    out["agreement_upper_half_only"] = float(
-        (clf.predict(masked.reshape(n_digits, -1).numpy()) == y_test[:n_digits].numpy()).mean())
+        n = len(agree)
+        out["methods"][method] = {"agreement": sum(agree) / n,
+                                  "agreement_se": float(torch.tensor(agree).std() / math.sqrt(n)),
+                                  "spread": sum(spread) / n, "nfe_per_sample": nfe,
+                                  "wall_s_per_digit": wall / n}
+        if kept:
+            out["samples"][method] = torch.stack(kept)          # (keep, 2, 1, 8, 8)
+    out["truth"] = x_test[:keep]
     return out
 
 
+def digits_figure(res: dict, path: str) -> None:
+    """Rows: held-out digits; columns: truth, masked input, two posterior samples per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(res["samples"])
+    truth = res["truth"]
+    cols = 2 + 2 * len(methods)
+    fig, axes = plt.subplots(len(truth), cols, figsize=(0.62 * cols, 0.7 * len(truth) + 0.35),
+                             squeeze=False)
+    for r, x in enumerate(truth):
+        masked = x[0].clone()
+        masked[4:] = float("nan")
+        panels = [x[0], masked] + [res["samples"][m][r, k, 0] for m in methods for k in range(2)]
+        for c, img in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    titles = ["truth", "input"] + [m for m in methods for _ in range(2)]
+    for c, title in enumerate(titles):
+        if c < 2 or c % 2 == 0:
+            axes[0, c].set_title(title, fontsize=7, loc="left")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.01, wspace=0.05, hspace=0.05)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def part_digits(args) -> dict:
-    start = time.perf_counter()
-    sde, model = train_digits_model(args.train_steps)
-    train_s = time.perf_counter() - start
-    res = inpaint_digits(sde, model, args.digits, args.samples, ("smc", "replacement", "repaint",
-                                                                 "dps", "pigdm"), args.steps)
-    res["train_steps"], res["train_s"] = args.train_steps, train_s
-    print(f"\ndigits inpainting (lower half unknown), {args.digits} held-out digits x "
-          f"{args.samples} samples, UNet trained {args.train_steps} steps ({train_s:.0f} s); "
-          f"held-out classifier accuracy on full test digits {res['held_out_accuracy_full']:.3f}, "
-          f"on the upper half only {res['agreement_upper_half_only']:.3f}")
+    sde, model, info = digits_model(args.model, args.train_steps)
+    methods = ("smc", "replacement", "repaint", "dps", "pigdm")
+    res = inpaint_digits(sde, model, args.digits, args.samples, methods, args.steps,
+                         keep=args.figure_digits if args.figure else 0)
+    res.update(info)
+    print(f"\ndigits inpainting (lower half unknown, noise_std {res['noise_std']}), {args.digits} "
+          f"held-out digits x {args.samples} samples, {args.steps} steps; UNet {info['train_steps']} "
+          f"training steps ({info['model']}); held-out classifier accuracy on the full test digits "
+          f"{res['held_out_accuracy_full']:.3f}, on the masked test digits "
+          f"{res['held_out_accuracy_masked']:.3f}")
     print("| method | NFE/sample | agreement with true digit | posterior spread | s/digit |")
     print("|---|---|---|---|---|")
     for m, r in res["methods"].items():
         if "error" in r:
             print(f"| {m} | — | failed: {r['error'][:90]} | — | — |")
             continue
-        print(f"| {m} | {r['nfe_per_sample']:.0f} | {r['agreement']:.3f} | {r['spread']:.3f} | "
-              f"{r['wall_s_per_digit']:.2f} |")
+        print(f"| {m} | {r['nfe_per_sample']:.0f} | {r['agreement']:.3f} ± {r['agreement_se']:.3f} | "
+              f"{r['spread']:.3f} | {r['wall_s_per_digit']:.2f} |")
+    if args.figure:
+        digits_figure(res, args.figure)
+        print(f"figure: {args.figure}")
+    res.pop("samples")
+    res.pop("truth")
     return res
 
 
@@ -187,6 +255,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--train-steps", type=int, default=3000)
+    p.add_argument("--model", default=None,
+                   help="run folder of the digits UNet: loaded if it holds checkpoint.pt, else trained into it")
+    p.add_argument("--figure", default=None, help="PNG of the digits inpainting figure")
+    p.add_argument("--figure-digits", type=int, default=4)
     p.add_argument("--digits", type=int, default=20)
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--steps", type=int, default=100)

@@ -45,11 +45,18 @@ r"""Posterior samplers for linear inverse problems :math:`y = A x + \sigma_y\var
     RePaint (Lugmayr et al. 2022): replacement with resampling jumps — after every
     ``jump_length`` reverse steps the state is noised forward again ``jump_length`` steps,
     ``jump_n_sample - 1`` times, so the unobserved part can harmonise with the observed one.
-``"dps"``, ``"pigdm"``
+``"dps"``
     A reverse-time sampler (default the ancestral DDIM step, :math:`\eta = 1`) run with the
-    guided score of :func:`scoresde.guidance.dps` (Chung et al. 2023) or
-    :func:`scoresde.guidance.pigdm` (Song et al. 2023). Approximations, biased even for a
-    Gaussian prior (DPS) or a non-isotropic one (ΠGDM).
+    guided score of :func:`scoresde.guidance.dps` (Chung et al. 2023) with the paper's
+    normalised step :math:`\zeta/\lVert y - A\hat x_0\rVert` (``step_size`` :math:`\zeta = 20`
+    per unit time; ``step_size=None`` gives the Gaussian-likelihood weight
+    :math:`1/\sigma_y^2`, which diverges on networks at small :math:`\sigma_y`).
+``"pigdm"``
+    ΠGDM (Song et al. 2023, Alg. 1): the ancestral DDIM step plus :math:`s(t)\,s(t')\,g`,
+    :math:`g = J^\top A^\top (AA^\top + \sigma_y^2/r_t^2 I)^{+}(y - A\hat x_0)` (one
+    vector-Jacobian product per step). With ``sampler`` given, that sampler runs the score form
+    :func:`scoresde.guidance.pigdm` instead (exact for an isotropic Gaussian prior). Both are
+    approximations, biased even for a Gaussian prior (DPS) or a non-isotropic one (ΠGDM).
 
 Cost convention (honest NFE): ``nfe`` is the number of batched score calls (each evaluates
 the whole batch of particles or samples, as :func:`scoresde.sample` counts);
@@ -112,7 +119,7 @@ _OPTIONS = {
     "smc": {"particles": None, "ess_threshold": 0.5, "variance": "analytic"},
     "replacement": {},
     "repaint": {"jump_length": 10, "jump_n_sample": 10},
-    "dps": {"scale": 1.0, "sampler": None},
+    "dps": {"scale": 1.0, "step_size": 20.0, "sampler": None},
     "pigdm": {"scale": 1.0, "data_var": 1.0, "sampler": None},
 }
 
@@ -329,6 +336,36 @@ def _run_replacement(ctx: _Ctx, x, ts, s, sig):
     return x
 
 
+def _run_pigdm(ctx: _Ctx, x, ts, s, sig, scale: float, data_var: float):
+    """ΠGDM as in Song et al. (2023, Alg. 1): the ancestral DDIM step plus ``s_t s_t' g``.
+
+    g = J^T A^T (A A^T + sigma_y^2 / r_t^2 I)^+ (y - A x0_hat), J = d x0_hat / d x_t (one VJP),
+    r_t^2 = v sigma~^2 / (v + sigma~^2); the inverse acts on the range of A (a pseudo-inverse).
+    """
+    from .guidance import _finite_grad
+
+    A, U = ctx.meas.A.to(x), ctx.meas.U.to(x)
+    lam2, y = ctx.meas.lam_full.square().to(x), ctx.meas.y.to(x)
+    for i in range(len(ts) - 1):
+        snr_inv = (sig[i] / s[i]) ** 2
+        r2 = data_var * snr_inv / (data_var + snr_inv)
+        denom = lam2 + ctx.sy2 / r2
+        w = torch.where(lam2 > 0, 1.0 / denom.clamp_min(torch.finfo(x.dtype).tiny),
+                        torch.zeros_like(lam2))
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            x0 = ctx.pred.x0(xg, ts[i], s=s[i], sigma=sig[i])
+            resid = y - x0.reshape(x.shape[0], -1) @ A.T
+            v = ((resid.detach() @ U) * w) @ U.T @ A  # A^T (A A^T + c)^+ r, (batch, d)
+            (g,) = torch.autograd.grad(x0, xg, v.reshape(x.shape))
+        g = _finite_grad(g, "pigdm", torch.tensor(ts[i]))
+        x0 = x0.detach()
+        b, c2 = _kernel(s, sig, i)
+        mean = s[i + 1] * x0 + b * ((x - s[i] * x0) / sig[i])
+        x = mean + math.sqrt(c2) * gaussian_like(mean, ctx.generator) + (scale * s[i] * s[i + 1]) * g
+    return x
+
+
 def _repaint_moves(steps: int, jump_length: int, jump_n_sample: int) -> list[tuple[int, int]]:
     """Lugmayr et al. (2022) jump schedule over grid indices 0 (T) .. steps (end): (from, to) moves."""
     jumps = {steps - t: jump_n_sample - 1 for t in range(0, steps - jump_length, jump_length)}
@@ -456,10 +493,12 @@ def posterior_sample(
         ``smc``: ``particles`` (default ``n``; at least ``n``: the ``n`` samples are drawn from
         the final weighted particles), ``ess_threshold`` (default 0.5, in ``(0, 1]``) and
         ``variance`` (``"analytic"``, default, or ``"ddpm"``: the kernel variance :math:`c^2`);
-        ``repaint``: ``jump_length`` (10) and ``jump_n_sample`` (10); ``dps``: ``scale`` (1)
-        and ``sampler`` (a name or :class:`~scoresde.samplers.Sampler`; default ancestral
-        :class:`~scoresde.samplers.DDIM` with ``eta=1``); ``pigdm``: ``scale``, ``data_var``
-        (1) and ``sampler``.
+        ``repaint``: ``jump_length`` (10) and ``jump_n_sample`` (10); ``dps``: ``scale`` (1),
+        ``step_size`` (20; None for the likelihood weight :math:`1/\sigma_y^2`, see
+        :func:`scoresde.guidance.dps`) and ``sampler`` (a name or
+        :class:`~scoresde.samplers.Sampler`; default ancestral :class:`~scoresde.samplers.DDIM`
+        with ``eta=1``); ``pigdm``: ``scale`` (1), ``data_var`` (1) and ``sampler`` (default
+        None: the update of Song et al.'s Algorithm 1; a sampler runs the score form).
 
     Returns
     -------
@@ -523,11 +562,12 @@ def posterior_sample(
         jl = check_int("jump_length", opts["jump_length"])
         jn = check_int("jump_n_sample", opts["jump_n_sample"])
 
-    if method in ("dps", "pigdm"):
+    if method in ("dps", "pigdm") and not (method == "pigdm" and opts["sampler"] is None):
         from . import guidance
 
         if method == "dps":
-            guided = guidance.dps(sde, counted, meas.A, meas.y, meas.noise_std, scale=opts["scale"])
+            guided = guidance.dps(sde, counted, meas.A, meas.y, meas.noise_std, scale=opts["scale"],
+                                  step_size=opts["step_size"])
         else:
             guided = guidance.pigdm(sde, counted, meas.A, meas.y, meas.noise_std,
                                     data_var=opts["data_var"], scale=opts["scale"])
@@ -550,12 +590,16 @@ def posterior_sample(
             result.update(ess=ess, resamplings=res, log_evidence=log_z, particles=batch)
         elif method == "replacement":
             x = _run_replacement(ctx, x, ts, s, sig)
+        elif method == "pigdm":
+            x = _run_pigdm(ctx, x, ts, s, sig, check_positive("scale", opts["scale"], strict=False),
+                           check_positive("data_var", opts["data_var"]))
         else:
             x = _run_repaint(ctx, x, ts, s, sig, jl, jn)
     if check_finite and not bool(torch.isfinite(x).all()):
         raise counted._non_finite("state", ts[-1])
     return PosteriorResult(samples=x, nfe=counted.calls, score_evaluations=counted.calls * batch,
-                           nfe_per_sample=counted.calls * batch / n, vjp=0, method=method,
+                           nfe_per_sample=counted.calls * batch / n,
+                           vjp=counted.calls if method == "pigdm" else 0, method=method,
                            steps=steps, **result)
 
 
