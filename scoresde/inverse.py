@@ -285,6 +285,16 @@ def _systematic(logw: torch.Tensor, n: int, generator) -> torch.Tensor:
     return torch.searchsorted(cdf, u).clamp(max=logw.numel() - 1)
 
 
+def _reweight(lw: torch.Tensor, who: str, i: int, t: float, check: str):
+    """Normalise unnormalised log-weights: (normalised, log of their sum); collapse is an error."""
+    total = torch.logsumexp(lw, 0)
+    if not math.isfinite(float(total)):
+        raise ParticleCollapseError(
+            f"{who}: particle system collapsed at step {i} (t={t:.6g}): every particle has "
+            f"weight zero or a non-finite weight; use more particles or steps, or check {check}")
+    return lw - total, float(total)
+
+
 def _run_smc(ctx: _Ctx, x, ts, s, sig, n: int, ess_threshold: float, variance: str):
     P = x.shape[0]
     lam, y_bar, r = ctx.lam, ctx.y_bar, ctx.r
@@ -307,15 +317,8 @@ def _run_smc(ctx: _Ctx, x, ts, s, sig, n: int, ess_threshold: float, variance: s
         denom = v1 + c2 * b.square()
         mo = mbar[:, :r].to(torch.float64)
         incr = _log_normal(y_bar, b * mo, denom) - log_g
-        lw = logw + incr
-        total = torch.logsumexp(lw, 0)
-        if not math.isfinite(float(total)):
-            raise ParticleCollapseError(
-                f"smc: particle system collapsed at step {i} (t={ts[i]:.6g}): every particle has "
-                "weight zero or a non-finite weight; use more particles or steps, or check A, y "
-                "and noise_std")
-        log_z += float(total)
-        logw = lw - total
+        logw, total = _reweight(logw + incr, "smc", i, ts[i], "A, y and noise_std")
+        log_z += total
         ess = float(1.0 / torch.exp(2 * logw).sum())
         ess_hist.append(ess)
         if ess < ess_threshold * P:
@@ -470,15 +473,9 @@ def _run_tds(ctx: _Ctx, x, ts, s, sig, n: int, ess_threshold: float, variance: s
         flat = lambda u: u.reshape(P, -1).to(torch.float64)  # noqa: E731
         log_ratio = (flat(noise).square().sum(-1) - flat(noise + shift).square().sum(-1)) / (2 * v)
         x0, grad, log_g_new = twist(new, i + 1)
-        lw = logw + log_ratio + log_g_new - log_g
-        total = torch.logsumexp(lw, 0)
-        if not math.isfinite(float(total)):
-            raise ParticleCollapseError(
-                f"tds: particle system collapsed at step {i} (t={ts[i]:.6g}): every particle has "
-                "weight zero or a non-finite weight; use more particles or steps, or check A, y, "
-                "noise_std and data_var")
-        log_z += float(total)
-        logw = lw - total
+        logw, total = _reweight(logw + log_ratio + log_g_new - log_g, "tds", i, ts[i],
+                                "A, y, noise_std and data_var")
+        log_z += total
         ess_hist.append(float(1.0 / torch.exp(2 * logw).sum()))
         x, log_g = new, log_g_new
     out = x if P == n and bool((logw == logw[0]).all()) else x[_systematic(logw, n, ctx.generator)]
