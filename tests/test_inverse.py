@@ -32,7 +32,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 def test_public_surface():
-    assert sd.inverse.methods() == ["smc", "replacement", "repaint", "dps", "pigdm"]
+    assert sd.inverse.methods() == ["smc", "replacement", "repaint", "dps", "pigdm", "ddrm", "tds"]
     assert set(METHODS) >= {"smc", "dps", "pigdm", "replacement", "repaint"}
     assert sd.posterior_sample is sd.inverse.posterior_sample
     assert problem_names()[:2] == ["bimodal_2d", "mixture_10d"]
@@ -58,7 +58,7 @@ def test_zero_operator_returns_the_prior(method):
     ref_stats = sd.metrics.mode_statistics(ref.samples, prior)
     assert (stats["means"] - ref_stats["means"]).norm(dim=1).max() < 0.06
     assert (stats["weights"] - ref_stats["weights"]).abs().max() < 0.06
-    if method == "smc":  # uniform weights: nothing to resample
+    if method in ("smc", "tds"):  # uniform weights: nothing to resample
         assert out.resamplings == 0 and torch.allclose(out.ess, torch.full_like(out.ess, n))
     if method in ("replacement", "dps", "pigdm"):  # exactly the ancestral chain
         ref = sd.sample(SDE, prior.score_fn(SDE), (n, 2), sampler=sd.samplers.DDIM(eta=1.0),
@@ -71,7 +71,7 @@ def test_cost_is_honest_for_every_method():
     A, y = torch.tensor([[1.0, 0.0]]), torch.tensor([0.0])
     for method in METHODS:
         opts = {"jump_length": 3, "jump_n_sample": 3} if method == "repaint" else {}
-        if method == "smc":
+        if method in ("smc", "tds"):
             opts["particles"] = 64
         calls = []
 
@@ -211,7 +211,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="noise_std must be finite and >= 0"):
         sd.posterior_sample(SDE, score, A, y, -1.0, (4, 2))
     with pytest.raises(ValueError, match="method must be one of smc"):
-        sd.posterior_sample(SDE, score, A, y, 0.1, (4, 2), method="ddrm")
+        sd.posterior_sample(SDE, score, A, y, 0.1, (4, 2), method="nope")
     with pytest.raises(TypeError, match="unknown option.*particles"):
         sd.posterior_sample(SDE, score, A, y, 0.1, (4, 2), method="dps", particles=3)
     with pytest.raises(ValueError, match="particles must be >= n"):
